@@ -3,6 +3,7 @@ package sockopt
 import (
 	"fmt"
 	"net/netip"
+	"os"
 )
 
 // Info describes an existing socket (see Inspect).
@@ -25,4 +26,12 @@ func (i Info) String() string {
 		return fmt.Sprintf("%s socket on %s", kind, i.Local)
 	}
 	return kind + " socket"
+}
+
+// fileName is f's name for error messages; f may be nil.
+func fileName(f *os.File) string {
+	if f == nil {
+		return "<nil file>"
+	}
+	return f.Name()
 }

@@ -178,17 +178,28 @@ func DetachFilter(f *os.File) error {
 	})
 }
 
+// control runs fn, which sets the socket option name, on f's descriptor.
 func control(f *os.File, name string, fn func(fd int) error) error {
+	return withFD(f, "setsockopt "+name, fn)
+}
+
+// withFD runs fn on f's descriptor; errors start with what and f's name. A nil
+// file is os.ErrInvalid, a closed one os.ErrClosed.
+func withFD(f *os.File, what string, fn func(fd int) error) error {
+	if f == nil {
+		return fmt.Errorf("%s on %s: %w", what, fileName(f), os.ErrInvalid)
+	}
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("%s on %s: %w", name, f.Name(), err)
+		return fmt.Errorf("%s on %s: %w", what, f.Name(), err)
 	}
 	var opErr error
 	if err := rc.Control(func(fd uintptr) { opErr = fn(int(fd)) }); err != nil {
-		return fmt.Errorf("%s on %s: %w", name, f.Name(), err)
+		// Control fails only when f is closed (or being closed).
+		return fmt.Errorf("%s on %s: %w (%w)", what, f.Name(), os.ErrClosed, err)
 	}
 	if opErr != nil {
-		return fmt.Errorf("setsockopt %s on %s: %w", name, f.Name(), opErr)
+		return fmt.Errorf("%s on %s: %w", what, f.Name(), opErr)
 	}
 	return nil
 }
@@ -197,20 +208,23 @@ func control(f *os.File, name string, fn func(fd int) error) error {
 // it listens, and its local address. It fails when f is not a socket.
 func Inspect(f *os.File) (Info, error) {
 	var info Info
-	err := control(f, "getsockopt", func(fd int) error {
+	err := withFD(f, "inspect", func(fd int) error {
 		var err error
 		if info.Family, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil {
-			return fmt.Errorf("SO_DOMAIN: %w", err)
+			if errors.Is(err, unix.ENOTSOCK) {
+				return fmt.Errorf("not a socket: %w", err)
+			}
+			return fmt.Errorf("getsockopt SO_DOMAIN: %w", err)
 		}
 		if info.Type, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
-			return fmt.Errorf("SO_TYPE: %w", err)
+			return fmt.Errorf("getsockopt SO_TYPE: %w", err)
 		}
 		if info.Protocol, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
-			return fmt.Errorf("SO_PROTOCOL: %w", err)
+			return fmt.Errorf("getsockopt SO_PROTOCOL: %w", err)
 		}
 		acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 		if err != nil {
-			return fmt.Errorf("SO_ACCEPTCONN: %w", err)
+			return fmt.Errorf("getsockopt SO_ACCEPTCONN: %w", err)
 		}
 		info.Listening = acc != 0
 		sa, err := unix.Getsockname(fd)
@@ -226,7 +240,7 @@ func Inspect(f *os.File) (Info, error) {
 		return nil
 	})
 	if err != nil {
-		return info, err
+		return Info{}, err
 	}
 	switch {
 	case info.Type == unix.SOCK_STREAM && info.Protocol == unix.IPPROTO_TCP:
