@@ -1,0 +1,36 @@
+package tcp
+
+import (
+	"fmt"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostproxy/hostproxy/sockopt"
+)
+
+// checkListener fails unless f is a listening TCP socket. Go would take a
+// listening SCTP socket for TCP (both are SOCK_STREAM), so the protocol is
+// checked here.
+func checkListener(f *os.File) error {
+	info, err := sockopt.Inspect(f)
+	if err != nil {
+		return fmt.Errorf("tcp proxy on %s: %w", f.Name(), err)
+	}
+	if info.Proto != sockopt.TCP || !info.Listening {
+		return fmt.Errorf("tcp proxy on %s: want a listening tcp socket, got a %s (listening: %t)", f.Name(), info, info.Listening)
+	}
+	return nil
+}
+
+// stopListening shuts the listening socket down for reading. On Linux this
+// stops the socket listening and resets the connections in its accept queue,
+// whoever else holds a descriptor for it.
+func stopListening(ln *net.TCPListener) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RD) })
+}

@@ -1,0 +1,208 @@
+package tcp
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/hostproxy/hostproxy/internal/logging"
+)
+
+// relay is one client connection and, once dialed, its backend connection.
+type relay struct {
+	p       *Proxy
+	client  *net.TCPConn
+	backend *net.TCPConn // set by Proxy.attach under Proxy.mu
+
+	closeOnce sync.Once
+	wasReset  atomic.Bool
+}
+
+// run dials the backend, relays both directions until both have ended, and
+// unregisters the relay. It is the goroutine started per accepted connection.
+func (r *relay) run() {
+	p := r.p
+	defer p.forget(r)
+
+	_ = r.client.SetKeepAliveConfig(keepAlive) // best effort: the relay works without it
+	start := time.Now()
+	backend, err := p.dial()
+	if err != nil {
+		r.close(true)
+		p.dialFailed(r.client, err, time.Since(start))
+		return
+	}
+	p.dialSucceeded()
+	if !p.attach(r, backend) { // closed during the dial
+		r.close(true)
+		reset(backend)
+		return
+	}
+
+	// client → backend in a second goroutine, backend → client here.
+	var up int64
+	done := make(chan struct{})
+	go r.pipe(backend, r.client, &up, done)
+	down := r.pipe(r.client, backend, nil, nil)
+	<-done
+	r.close(false)
+
+	if p.log.Enabled(zapcore.DebugLevel) {
+		p.log.Debug("connection closed",
+			logging.Addr("client", r.client.RemoteAddr()),
+			logging.Int64("bytes_up", up), logging.Int64("bytes_down", down),
+			logging.String("end", endName(r.wasReset.Load())))
+	}
+}
+
+// pipe runs one direction of r. An error on either socket resets the whole
+// relay, so that the other peer sees a reset rather than a clean end. When n
+// is not nil it receives the byte count and done is closed on return.
+func (r *relay) pipe(dst, src *net.TCPConn, n *int64, done chan<- struct{}) int64 {
+	written, err := copyStream(dst, src)
+	if err != nil {
+		r.close(true)
+	}
+	if n != nil {
+		*n = written
+		close(done)
+	}
+	return written
+}
+
+// copyStream copies src to dst until src reports EOF, then half-closes dst
+// (CloseWrite sends the FIN on). Both are *net.TCPConn with nothing wrapped
+// around them, so dst.ReadFrom moves the bytes with splice(2) on Linux,
+// through a pipe from the runtime's pool, without copying them to user space.
+//
+// It returns the bytes written and the first error, which is nil only when
+// src ended with a clean EOF and the FIN was queued on dst.
+func copyStream(dst, src *net.TCPConn) (int64, error) {
+	n, err := dst.ReadFrom(src)
+	if err != nil {
+		return n, err
+	}
+	return n, dst.CloseWrite()
+}
+
+// abort resets both connections of r; used by Proxy.Close.
+func (r *relay) abort() { r.close(true) }
+
+// close closes both connections, once: with abortive set, as resets.
+// r.backend is read without Proxy.mu: it is set before the copy goroutines
+// start, and Proxy.Close calls abort under Proxy.mu, which orders it with
+// attach.
+func (r *relay) close(abortive bool) {
+	r.closeOnce.Do(func() {
+		r.wasReset.Store(abortive)
+		closeConn(r.client, abortive)
+		if r.backend != nil {
+			closeConn(r.backend, abortive)
+		}
+	})
+}
+
+func endName(wasReset bool) string {
+	if wasReset {
+		return "reset"
+	}
+	return "close"
+}
+
+func closeConn(c *net.TCPConn, abortive bool) {
+	if abortive {
+		reset(c)
+		return
+	}
+	_ = c.Close()
+}
+
+// reset closes c with SO_LINGER 0, so that the kernel sends RST instead of FIN
+// and drops anything still queued.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}
+
+// dial connects to the backend within the dial timeout, or fails at once when
+// the proxy is closed.
+func (p *Proxy) dial() (*net.TCPConn, error) {
+	if p.backendErr != nil {
+		return nil, p.backendErr
+	}
+	// Dialer.DialTCP would bind an unset local address to port 0 first, which
+	// uses up a port per connection; DialContext leaves the choice to connect.
+	d := net.Dialer{Timeout: p.dialTimeout, KeepAliveConfig: keepAlive}
+	c, err := d.DialContext(p.ctx, "tcp", p.backendAddr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// dialFailed logs a failed backend dial. The first failure after a success is
+// a warning naming the client, the listener and the backend; further failures
+// while the backend stays down are logged at Debug only, so that a client
+// retrying against a stopped container cannot flood the log. A dial cut short
+// by Close is not a failure.
+func (p *Proxy) dialFailed(client *net.TCPConn, err error, took time.Duration) {
+	if p.ctx.Err() != nil {
+		return
+	}
+	fields := []zapcore.Field{
+		logging.Addr("client", client.RemoteAddr()),
+		logging.Err(err),
+		logging.Duration("after", took),
+	}
+	if n := p.dialFailures.fail(); n == 1 {
+		p.log.Warn("backend dial failed; client reset", fields...)
+	} else {
+		p.log.Debug("backend dial failed again; client reset", append(fields, logging.Int64("failures", n))...)
+	}
+}
+
+func (p *Proxy) dialSucceeded() {
+	if n := p.dialFailures.reset(); n > 0 {
+		p.log.Info("backend reachable again", logging.Int64("failed_dials", n))
+	}
+}
+
+// failureStreak counts consecutive failures, so that only the first of a
+// streak is logged above Debug.
+type failureStreak struct{ n atomic.Int64 }
+
+// fail records a failure and returns the streak's length.
+func (s *failureStreak) fail() int64 { return s.n.Add(1) }
+
+// reset ends the streak and returns how long it was.
+func (s *failureStreak) reset() int64 {
+	if s.n.Load() == 0 { // common case: no write, no cache-line bouncing
+		return 0
+	}
+	return s.n.Swap(0)
+}
+
+// retryable reports whether an accept error is transient: the listening
+// socket is fine and accepting again later may succeed (EMFILE, ENFILE,
+// ENOBUFS, ENOMEM, ECONNABORTED, EPERM from a firewall, a network error
+// pending on the new connection, ...). Only errors that mean the listening
+// socket itself is unusable are not.
+func retryable(err error) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return true // unknown: never end the loop by guessing
+	}
+	switch errno {
+	case syscall.EBADF, syscall.EINVAL, syscall.ENOTSOCK, syscall.EFAULT:
+		return false
+	}
+	return true
+}

@@ -1,0 +1,360 @@
+// Package tcp relays TCP connections from a listening host socket to one
+// backend address.
+//
+// Each accepted connection is paired with a new connection to the backend and
+// the bytes are copied both ways between the two *net.TCPConn, so that on
+// Linux the kernel moves them with splice(2) and never through user space.
+//
+// The relay keeps TCP's meaning intact:
+//
+//   - Half-close: EOF read from one side becomes CloseWrite (a FIN) on the
+//     other; the pair is closed when both directions have ended.
+//   - Reset: an error on either side (ECONNRESET, EPIPE, a keepalive timeout)
+//     resets the other side too (SO_LINGER 0), so that a peer never mistakes a
+//     broken stream for a complete one.
+//   - A backend that refuses, is unreachable or does not answer within
+//     Config.DialTimeout gets the client reset at once.
+//   - Accept errors such as EMFILE back off (proxy.Backoff, 5ms to 1s) and
+//     retry; only closing the proxy ends the accept loop.
+//   - Keepalive is on for both connections and TCP_NODELAY stays on.
+package tcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/proxy"
+)
+
+// DefaultDialTimeout is the backend dial timeout used when
+// Config.DialTimeout is zero.
+const DefaultDialTimeout = 5 * time.Second
+
+// keepAlive is applied to both connections of a relay: a dead peer is found
+// after about 2.5 minutes of silence (Go's default probe schedule).
+var keepAlive = net.KeepAliveConfig{
+	Enable:   true,
+	Idle:     15 * time.Second,
+	Interval: 15 * time.Second,
+	Count:    9,
+}
+
+// Config says where and how to relay.
+type Config struct {
+	// Backend is the address every accepted connection is relayed to. An
+	// IPv4-mapped IPv6 address is dialed as IPv4.
+	Backend netip.AddrPort
+	// DialTimeout bounds the connect to Backend; zero or less means
+	// DefaultDialTimeout (5s).
+	DialTimeout time.Duration
+	// Logger receives failures (Warn) and per-connection events (Debug);
+	// nil discards everything.
+	Logger *logging.Logger
+}
+
+// Proxy is a TCP relay. Create it with New or NewListener and run it with
+// Serve.
+type Proxy struct {
+	ln          *net.TCPListener
+	backend     netip.AddrPort
+	backendAddr string // backend.String(), formatted once
+	backendErr  error  // non-nil when Config.Backend is unusable
+	dialTimeout time.Duration
+	log         *logging.Logger
+
+	// ctx is cancelled by Close; it aborts backend dials in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	stopOnce sync.Once
+	stopping chan struct{} // closed once the listener is being closed
+
+	handlers sync.WaitGroup // one per accepted connection
+
+	dialFailures failureStreak
+
+	mu        sync.Mutex
+	serving   bool                // Serve was called
+	accepting bool                // the accept loop is running
+	closed    bool                // Close ran, or Shutdown finished
+	relays    map[*relay]struct{} // open connections
+	idle      chan struct{}       // closed when stopping and nothing is left
+}
+
+var _ proxy.Proxy = (*Proxy)(nil)
+
+// New returns a Proxy serving the listening TCP socket f. New duplicates f,
+// so the caller may (and should) close f afterwards. It fails when f is not a
+// listening TCP socket or cfg.Backend is not a usable address.
+//
+// On Linux, Close and Shutdown stop the socket itself from listening
+// (shutdown(2)), so the port stops accepting even if another descriptor
+// for it, such as f, is still open.
+func New(f *os.File, cfg Config) (*Proxy, error) {
+	if f == nil {
+		return nil, errors.New("tcp proxy: nil listening socket")
+	}
+	if err := checkBackend(cfg.Backend); err != nil {
+		return nil, err
+	}
+	if err := checkListener(f); err != nil {
+		return nil, err
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("tcp proxy on %s: %w", f.Name(), err)
+	}
+	tln, ok := ln.(*net.TCPListener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("tcp proxy on %s: %T is not a TCP listener", f.Name(), ln)
+	}
+	return NewListener(tln, cfg), nil
+}
+
+// NewListener returns a Proxy serving ln and takes ownership of it. An
+// unusable cfg.Backend is not reported here: every connection is then reset
+// and the reason logged (use New, or check the address first, to fail early).
+func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		ln:          ln,
+		backend:     netip.AddrPortFrom(cfg.Backend.Addr().Unmap(), cfg.Backend.Port()),
+		backendErr:  checkBackend(cfg.Backend),
+		dialTimeout: cfg.DialTimeout,
+		ctx:         ctx,
+		cancel:      cancel,
+		stopping:    make(chan struct{}),
+		relays:      make(map[*relay]struct{}),
+	}
+	p.backendAddr = p.backend.String()
+	if p.dialTimeout <= 0 {
+		p.dialTimeout = DefaultDialTimeout
+	}
+	p.log = cfg.Logger.With(logging.Addr("listen", ln.Addr()), logging.AddrPort("backend", cfg.Backend))
+	return p
+}
+
+func checkBackend(ap netip.AddrPort) error {
+	if !ap.Addr().IsValid() || ap.Port() == 0 {
+		return fmt.Errorf("tcp proxy: invalid backend address %s (want IP:port with a port in 1-65535)", ap)
+	}
+	return nil
+}
+
+// Addr returns the address the proxy listens on.
+func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
+
+// Serve accepts connections and relays each to the backend until ctx is done,
+// Close is called or Shutdown completes; then it returns nil. When ctx is done
+// Serve closes the proxy as Close does. Serve returns only once every relayed
+// connection has ended, so no goroutine of the proxy outlives it.
+//
+// Accept errors such as EMFILE, ENFILE, ENOBUFS or ENOMEM are logged and
+// retried after a growing delay (5ms to 1s). Serve returns an error only when
+// the listening socket itself is unusable (EBADF, EINVAL, ENOTSOCK); it then
+// closes the proxy first. Serve returns proxy.ErrClosed if the proxy was
+// already closed, and an error if it is called twice.
+func (p *Proxy) Serve(ctx context.Context) error {
+	p.mu.Lock()
+	switch {
+	case p.closed:
+		p.mu.Unlock()
+		return fmt.Errorf("serve tcp on %s: %w", p.Addr(), proxy.ErrClosed)
+	case p.serving:
+		p.mu.Unlock()
+		return fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
+	}
+	p.serving, p.accepting = true, true
+	p.mu.Unlock()
+
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(closed)
+		p.Close()
+	})
+	err := p.acceptLoop()
+
+	p.mu.Lock()
+	p.accepting = false
+	p.signalIdle()
+	p.mu.Unlock()
+
+	if err != nil {
+		p.Close()
+	}
+	p.handlers.Wait()
+	if !stop() {
+		<-closed // ctx fired: let its Close finish before returning
+	}
+	return err
+}
+
+// acceptLoop accepts until the listener is closed. It returns nil when the
+// proxy is stopping and an error when the listener is unusable.
+func (p *Proxy) acceptLoop() error {
+	var (
+		backoff  proxy.Backoff
+		failures failureStreak
+	)
+	for {
+		c, err := p.ln.AcceptTCP()
+		if err != nil {
+			if p.isStopping() {
+				return nil
+			}
+			if !retryable(err) {
+				p.log.Error("accept failed; stopping", logging.Err(err))
+				return fmt.Errorf("accept tcp on %s: %w", p.Addr(), err)
+			}
+			if n := failures.fail(); n == 1 {
+				p.log.Warn("accept failed; backing off and retrying", logging.Err(err))
+			} else {
+				p.log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", n))
+			}
+			if !backoff.Sleep(p.stopping) {
+				return nil
+			}
+			continue
+		}
+		if n := failures.reset(); n > 0 {
+			backoff.Reset()
+			p.log.Info("accepting again", logging.Int64("failed_accepts", n))
+		}
+		p.start(c)
+	}
+}
+
+// start registers c and relays it in a new goroutine, or resets it when the
+// proxy was closed meanwhile.
+func (p *Proxy) start(c *net.TCPConn) {
+	r := &relay{p: p, client: c}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		reset(c)
+		return
+	}
+	p.relays[r] = struct{}{}
+	p.handlers.Add(1) // under mu and before closed: ordered before Close's Wait
+	p.mu.Unlock()
+	go r.run()
+}
+
+// attach records the dialed backend connection of r. It reports false when
+// the proxy was closed during the dial; the caller then resets both.
+func (p *Proxy) attach(r *relay, backend *net.TCPConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	r.backend = backend
+	return true
+}
+
+// forget unregisters r once both of its connections are closed.
+func (p *Proxy) forget(r *relay) {
+	p.mu.Lock()
+	delete(p.relays, r)
+	p.signalIdle()
+	p.mu.Unlock()
+	p.handlers.Done()
+}
+
+// signalIdle closes p.idle when the proxy is stopping and nothing is left to
+// wait for. p.mu must be held.
+func (p *Proxy) signalIdle() {
+	if p.idle != nil && !p.accepting && len(p.relays) == 0 {
+		select {
+		case <-p.idle:
+		default:
+			close(p.idle)
+		}
+	}
+}
+
+func (p *Proxy) isStopping() bool {
+	select {
+	case <-p.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// stopAccepting closes the listening socket, once.
+func (p *Proxy) stopAccepting() error {
+	var err error
+	p.stopOnce.Do(func() {
+		close(p.stopping)   // first, so that the accept loop reads the wake-up as a stop
+		stopListening(p.ln) // the socket itself, even if f is still open elsewhere
+		err = p.ln.Close()
+		if errors.Is(err, net.ErrClosed) {
+			err = nil
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("close tcp listener %s: %w", p.Addr(), err)
+	}
+	return nil
+}
+
+// Close stops the proxy at once: the listening socket is closed, dials in
+// progress are abandoned, and every relayed connection is reset on both sides
+// (its data is cut short, so neither peer may take it for a clean end). Close
+// returns once every relay goroutine has ended. It is safe to call more than
+// once and from any goroutine; later calls return nil.
+func (p *Proxy) Close() error {
+	err := p.stopAccepting()
+	p.cancel()
+	p.mu.Lock()
+	p.closed = true
+	for r := range p.relays {
+		r.abort()
+	}
+	p.mu.Unlock()
+	p.handlers.Wait()
+	return err
+}
+
+// Shutdown closes the listening socket at once (connections still in its
+// queue are reset), then waits for the open connections to end by
+// themselves. When ctx is done first it closes the rest as Close does and
+// returns ctx.Err(); otherwise it returns nil. Serve returns once the last
+// connection has ended. Shutdown returns proxy.ErrClosed if the proxy was
+// already closed.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("shutdown tcp on %s: %w", p.Addr(), proxy.ErrClosed)
+	}
+	if p.idle == nil {
+		p.idle = make(chan struct{})
+	}
+	idle := p.idle
+	p.mu.Unlock()
+
+	lnErr := p.stopAccepting()
+	p.mu.Lock()
+	p.signalIdle()
+	p.mu.Unlock()
+
+	select {
+	case <-idle:
+		err := p.Close()
+		return errors.Join(lnErr, err)
+	case <-ctx.Done():
+		p.log.Debug("shutdown deadline; resetting open connections", logging.Err(ctx.Err()))
+		p.Close()
+		return ctx.Err()
+	}
+}
