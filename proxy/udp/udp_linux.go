@@ -1,0 +1,926 @@
+//go:build linux
+
+package udp
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/sockopt"
+)
+
+const (
+	// batchSize is the number of datagrams one recvmmsg or sendmmsg moves.
+	// Each slot owns a MaxDatagram buffer; pages the kernel never writes
+	// are never touched, so small datagrams keep the resident cost low.
+	batchSize = 32
+	// oobSize is the room for the control messages of one received
+	// datagram: PKTINFO, plus whatever else an engine enabled on its socket.
+	oobSize = 128
+	// hostRcvBuf is the receive buffer the host socket is raised to (the
+	// kernel caps it at net.core.rmem_max), to ride out bursts.
+	hostRcvBuf = 4 << 20
+	// logEvery is the minimum interval between two log lines of one kind.
+	logEvery = 10 * time.Second
+
+	// UDP GSO: consecutive datagrams of one size for one destination go in
+	// one sendmsg with UDP_SEGMENT. Only datagrams up to gsoMaxSegment
+	// bytes are coalesced, so that a segment fits any path MTU of 1500 or
+	// more; the kernel takes at most 64 segments (UDP_MAX_SEGMENTS).
+	gsoMaxSegment  = 1400
+	gsoMaxSegments = 64
+	gsoMaxBytes    = 65000
+	// ctlSize is the room for a sent datagram's control messages.
+	ctlSize = sockopt.PktinfoSpace + sockopt.UDPSegmentSpace
+	// gsoEnv set to 0 turns UDP GSO off.
+	gsoEnv = "HOSTPROXY_UDP_GSO"
+)
+
+// epoll tokens (EpollEvent.Fd): the host socket, the wake-up eventfd, then
+// flow slots.
+const (
+	tokHost  = 0
+	tokWake  = 1
+	tokFlow0 = 2
+)
+
+const sizeofName = unix.SizeofSockaddrInet6 // room for either family's sockaddr
+
+// flowKey identifies a flow: who wrote, and to which local address.
+type flowKey struct {
+	client netip.AddrPort // without zone
+	scope  uint32         // the client's IPv6 scope id
+	local  netip.Addr     // invalid when the kernel gave no PKTINFO
+}
+
+// flow is one client's relay state. It is owned by the serving goroutine.
+type flow struct {
+	key        flowKey
+	fd         int   // connected to the backend; -1 once closed
+	slot       int32 // index in Proxy.slots and epoll token - tokFlow0
+	last       int64 // time of the last datagram either way, ns since Proxy.start
+	prev, next *flow // LRU list, most recent first
+
+	// name and oob are the reply's msg_name and msg_control, computed once.
+	namelen uint32
+	ooblen  uint32
+	name    [sizeofName]byte
+	oob     [sockopt.PktinfoSpace]byte
+}
+
+// batch is a set of mmsghdrs with their buffers, reused for every call.
+type batch struct {
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names [][sizeofName]byte
+	oobs  [][oobSize]byte
+	flows []*flow
+}
+
+func newBatch(withAddr bool) batch {
+	b := batch{
+		hdrs:  make([]unix.Mmsghdr, batchSize),
+		iovs:  make([]unix.Iovec, batchSize),
+		flows: make([]*flow, batchSize),
+	}
+	slab := make([]byte, batchSize*MaxDatagram)
+	if withAddr {
+		b.names = make([][sizeofName]byte, batchSize)
+		b.oobs = make([][oobSize]byte, batchSize)
+	}
+	for i := range b.hdrs {
+		b.iovs[i].Base = &slab[i*MaxDatagram]
+		b.iovs[i].SetLen(MaxDatagram)
+		h := &b.hdrs[i].Hdr
+		h.Iov = &b.iovs[i]
+		h.SetIovlen(1)
+		if withAddr {
+			h.Name = &b.names[i][0]
+			h.Namelen = sizeofName
+			h.Control = &b.oobs[i][0]
+			h.SetControllen(oobSize)
+		}
+	}
+	return b
+}
+
+// Proxy is a UDP relay. Create it with New.
+type Proxy struct {
+	log      *logging.Logger
+	timeout  int64 // ns
+	maxFlows int
+	backend  netip.AddrPort
+	bfamily  int
+	bsa      unix.Sockaddr
+	laddr    *net.UDPAddr
+	v6       bool // the host socket is AF_INET6
+
+	hostFD int // a dup of the caller's socket
+	epfd   int // the epoll set; also held (and closed) by epf
+	epf    *os.File
+	rc     syscall.RawConn
+
+	mu       sync.Mutex
+	state    int // stateNew, stateServing, stateClosed
+	wakeFD   int // eventfd; -1 once closed; guarded by mu
+	done     chan struct{}
+	closing  atomic.Bool
+	draining atomic.Bool
+
+	st counters
+
+	// Everything below is owned by the serving goroutine.
+	start      time.Time
+	flows      map[flowKey]*flow
+	slots      []*flow
+	free       []int32
+	head, tail *flow
+	armed      bool
+	events     []unix.EpollEvent
+	nev        int
+	pollErr    error
+	pollFn     func(uintptr) bool
+	in         batch // client → backend, read from the host socket
+	rep        batch // backend → client
+	rn         int   // slots of rep filled, waiting for flushReplies
+	gso        bool  // UDP_SEGMENT works; turned off for good on EIO
+	scratch          // send-side buffers
+
+	evictLog, truncLog, sendLog, flowLog, readLog limiter
+}
+
+const (
+	stateNew = iota
+	stateServing
+	stateClosed
+)
+
+type counters struct {
+	flows                                              atomic.Int64
+	created, expired, evicted, failed                  atomic.Uint64
+	toBackend, toClient, bytesToBackend, bytesToClient atomic.Uint64
+	truncated, refused, dropped, rejected              atomic.Uint64
+}
+
+// New returns a relay that serves the bound UDP socket f and sends to
+// cfg.Backend. It turns on PKTINFO on f (an engine may hand over a socket
+// without it), raises its receive buffer, and duplicates it: the caller may
+// close f once New returns.
+func New(f *os.File, cfg Config) (*Proxy, error) {
+	if f == nil {
+		return nil, errors.New("udp proxy: nil host socket")
+	}
+	backend := netip.AddrPortFrom(cfg.Backend.Addr().Unmap(), cfg.Backend.Port())
+	if !backend.Addr().IsValid() || backend.Port() == 0 || backend.Addr().IsUnspecified() {
+		return nil, fmt.Errorf("udp proxy on %s: invalid backend address %s", f.Name(), cfg.Backend)
+	}
+	info, err := sockopt.Inspect(f)
+	if err != nil {
+		return nil, fmt.Errorf("udp proxy: %w", err)
+	}
+	if info.Proto != sockopt.UDP {
+		return nil, fmt.Errorf("udp proxy: %s is a %s, not a UDP socket", f.Name(), info)
+	}
+	if err := sockopt.EnablePktinfo(f); err != nil {
+		return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
+	}
+	p := &Proxy{
+		log:      cfg.Logger.With(logging.AddrPort("listen", info.Local), logging.AddrPort("backend", backend)),
+		timeout:  int64(cfg.idleTimeout()),
+		maxFlows: cfg.maxFlows(),
+		backend:  backend,
+		bfamily:  unix.AF_INET,
+		v6:       info.Family == unix.AF_INET6,
+		laddr:    net.UDPAddrFromAddrPort(info.Local),
+		hostFD:   -1,
+		gso:      os.Getenv(gsoEnv) != "0" && sockopt.UDPGSOSupported(f),
+		epfd:     -1,
+		wakeFD:   -1,
+		done:     make(chan struct{}),
+	}
+	if backend.Addr().Is4() {
+		p.bsa = &unix.SockaddrInet4{Port: int(backend.Port()), Addr: backend.Addr().As4()}
+	} else {
+		p.bfamily = unix.AF_INET6
+		p.bsa = &unix.SockaddrInet6{Port: int(backend.Port()), Addr: backend.Addr().As16()}
+	}
+	if err := p.open(f); err != nil {
+		p.release()
+		return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
+	}
+	return p, nil
+}
+
+// open duplicates the host socket and builds the epoll set around it.
+func (p *Proxy) open(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var dupErr error
+	if err := rc.Control(func(fd uintptr) {
+		p.hostFD, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return err
+	}
+	if dupErr != nil {
+		p.hostFD = -1
+		return fmt.Errorf("dup: %w", dupErr)
+	}
+	if n, err := unix.GetsockoptInt(p.hostFD, unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil && n < hostRcvBuf {
+		_ = unix.SetsockoptInt(p.hostFD, unix.SOL_SOCKET, unix.SO_RCVBUF, hostRcvBuf) // best effort
+	}
+	if p.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		p.epfd = -1
+		return fmt.Errorf("epoll_create1: %w", err)
+	}
+	if p.wakeFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		p.wakeFD = -1
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	for _, r := range []struct {
+		fd  int
+		tok int32
+	}{{p.hostFD, tokHost}, {p.wakeFD, tokWake}} {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: r.tok}
+		if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, r.fd, &ev); err != nil {
+			return fmt.Errorf("epoll_ctl: %w", err)
+		}
+	}
+	// The epoll set is itself pollable: Go's netpoller parks the serving
+	// goroutine until it has events, and its read deadline times expiry.
+	if err := unix.SetNonblock(p.epfd, true); err != nil {
+		return fmt.Errorf("epoll set non-blocking: %w", err)
+	}
+	p.epf = os.NewFile(uintptr(p.epfd), "udp-epoll")
+	if p.rc, err = p.epf.SyscallConn(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// release closes what New and Serve opened. Only the serving goroutine, or
+// Close when Serve never ran, calls it.
+func (p *Proxy) release() {
+	for _, f := range p.slots {
+		if f != nil {
+			unix.Close(f.fd)
+			f.fd = -1
+		}
+	}
+	p.flows, p.slots, p.free, p.head, p.tail = nil, nil, nil, nil, nil
+	p.st.flows.Store(0)
+	if p.hostFD >= 0 {
+		unix.Close(p.hostFD)
+		p.hostFD = -1
+	}
+	p.mu.Lock()
+	if p.wakeFD >= 0 {
+		unix.Close(p.wakeFD)
+		p.wakeFD = -1
+	}
+	p.mu.Unlock()
+	if p.epf != nil {
+		p.epf.Close()
+	} else if p.epfd >= 0 {
+		unix.Close(p.epfd)
+	}
+	p.epfd = -1
+	p.in, p.rep, p.scratch = batch{}, batch{}, scratch{}
+}
+
+// Addr returns the host socket's address.
+func (p *Proxy) Addr() net.Addr { return p.laddr }
+
+// Stats returns the relay's counters. It is safe to call at any time.
+func (p *Proxy) Stats() Stats {
+	return Stats{
+		Flows:          int(p.st.flows.Load()),
+		FlowsCreated:   p.st.created.Load(),
+		FlowsExpired:   p.st.expired.Load(),
+		FlowsEvicted:   p.st.evicted.Load(),
+		FlowsFailed:    p.st.failed.Load(),
+		ToBackend:      p.st.toBackend.Load(),
+		ToClient:       p.st.toClient.Load(),
+		BytesToBackend: p.st.bytesToBackend.Load(),
+		BytesToClient:  p.st.bytesToClient.Load(),
+		Truncated:      p.st.truncated.Load(),
+		Refused:        p.st.refused.Load(),
+		Dropped:        p.st.dropped.Load(),
+		Rejected:       p.st.rejected.Load(),
+	}
+}
+
+// Serve relays until ctx is done, Close is called or Shutdown completes;
+// see proxy.Proxy.
+func (p *Proxy) Serve(ctx context.Context) error {
+	p.mu.Lock()
+	switch p.state {
+	case stateClosed:
+		p.mu.Unlock()
+		return proxy.ErrClosed
+	case stateServing:
+		p.mu.Unlock()
+		return fmt.Errorf("udp proxy on %s: Serve called twice", p.laddr)
+	}
+	p.state = stateServing
+	p.mu.Unlock()
+
+	stop := context.AfterFunc(ctx, func() { p.Close() })
+	defer stop()
+	p.init()
+	err := p.serve()
+	p.release()
+	p.mu.Lock()
+	p.state = stateClosed
+	p.mu.Unlock()
+	close(p.done)
+	return err
+}
+
+// Close stops at once: the host socket and every flow socket are closed and
+// Serve returns. It is safe to call more than once, from any goroutine.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	switch p.state {
+	case stateNew:
+		p.state = stateClosed
+		p.mu.Unlock()
+		p.release()
+		close(p.done)
+		return nil
+	case stateServing:
+		p.closing.Store(true)
+		p.wakeLocked()
+	}
+	p.mu.Unlock()
+	<-p.done
+	return nil
+}
+
+// Shutdown stops creating flows at once (datagrams from new clients are
+// dropped and counted as Rejected), keeps relaying for the existing flows
+// until each goes idle, and closes everything when none is left or ctx is
+// done, whichever comes first. It returns ctx.Err() in the second case.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.state != stateServing {
+		p.mu.Unlock()
+		return p.Close()
+	}
+	p.draining.Store(true)
+	p.wakeLocked()
+	p.mu.Unlock()
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+	}
+	p.Close()
+	return ctx.Err()
+}
+
+// wakeLocked makes the serving goroutine look at closing and draining.
+func (p *Proxy) wakeLocked() {
+	if p.wakeFD >= 0 {
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		unix.Write(p.wakeFD, one[:])
+	}
+}
+
+func (p *Proxy) init() {
+	p.start = time.Now()
+	p.flows = make(map[flowKey]*flow)
+	p.events = make([]unix.EpollEvent, batchSize)
+	p.pollFn = p.poll
+	p.in = newBatch(true)
+	p.rep = newBatch(false)
+	p.scratch = newScratch()
+}
+
+// scratch holds what a send builds: the datagrams to send (fwd, fwdFlows),
+// their sizes, the plan grouping them, and one mmsghdr, iovec run and
+// control buffer per group.
+type scratch struct {
+	fwd      []unix.Iovec
+	fwdFlows []*flow
+	sizes    []int
+	groups   []group
+	hdrs     []unix.Mmsghdr
+	iovs     []unix.Iovec
+	ctls     [][ctlSize]byte
+}
+
+func newScratch() scratch {
+	return scratch{
+		fwd:      make([]unix.Iovec, batchSize),
+		fwdFlows: make([]*flow, batchSize),
+		sizes:    make([]int, batchSize),
+		groups:   make([]group, 0, batchSize),
+		hdrs:     make([]unix.Mmsghdr, batchSize),
+		iovs:     make([]unix.Iovec, batchSize),
+		ctls:     make([][ctlSize]byte, batchSize),
+	}
+}
+
+func (p *Proxy) now() int64 { return int64(time.Since(p.start)) }
+
+// poll is the RawConn.Read callback: it collects ready events without
+// blocking and asks the netpoller to wait when there are none.
+func (p *Proxy) poll(fd uintptr) bool {
+	for {
+		n, err := unix.EpollWait(int(fd), p.events, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		p.nev, p.pollErr = n, err
+		return n > 0 || err != nil
+	}
+}
+
+// serve is the event loop.
+func (p *Proxy) serve() error {
+	for {
+		if p.closing.Load() {
+			return nil
+		}
+		if p.draining.Load() && len(p.flows) == 0 {
+			return nil
+		}
+		p.nev, p.pollErr = 0, nil
+		err := p.rc.Read(p.pollFn)
+		if err == nil {
+			err = p.pollErr
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				p.expire(p.now())
+				continue
+			}
+			return fmt.Errorf("udp proxy on %s: epoll_wait: %w", p.laddr, err)
+		}
+		now := p.now()
+		for i := range p.events[:p.nev] {
+			switch tok := p.events[i].Fd; tok {
+			case tokHost:
+				p.fromClients(now)
+			case tokWake:
+				var buf [8]byte
+				unix.Read(p.wakeFD, buf[:])
+			default:
+				p.fromBackend(tok-tokFlow0, now)
+			}
+		}
+		p.flushReplies()
+	}
+}
+
+func mmsg(trap uintptr, fd int, hdrs []unix.Mmsghdr) (int, unix.Errno) {
+	r, _, e := unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])), uintptr(len(hdrs)),
+		unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}
+
+// fromClients reads datagrams from the host socket and sends each to its
+// flow's backend socket.
+func (p *Proxy) fromClients(now int64) {
+	b := &p.in
+	for round := 0; round < 4; round++ {
+		for i := range b.hdrs {
+			h := &b.hdrs[i].Hdr
+			h.Namelen = sizeofName
+			h.SetControllen(oobSize)
+			h.Flags = 0
+		}
+		n, errno := mmsg(unix.SYS_RECVMMSG, p.hostFD, b.hdrs)
+		switch errno {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return
+		default:
+			if ok, skipped := p.readLog.allow(now); ok {
+				p.log.Warn("udp read from clients failed", logging.Err(errno), logging.Int("suppressed", skipped))
+			}
+			return
+		}
+		p.route(n, now)
+		if n < len(b.hdrs) {
+			return
+		}
+	}
+}
+
+// route finds or creates the flow of each of the n datagrams in p.in, then
+// sends them flow by flow, keeping each flow's order.
+func (p *Proxy) route(n int, now int64) {
+	b := &p.in
+	draining := p.draining.Load()
+	for i := range b.flows[:n] {
+		b.flows[i] = nil
+		h := &b.hdrs[i]
+		if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+			p.truncated("client", now)
+			continue
+		}
+		client, scope, ok := parseName(b.names[i][:min(h.Hdr.Namelen, sizeofName)])
+		if !ok {
+			p.st.dropped.Add(1)
+			continue
+		}
+		pi, _ := sockopt.ParsePktinfo(b.oobs[i][:min(int(h.Hdr.Controllen), oobSize)])
+		key := flowKey{client: client, scope: scope, local: pi.Dst}
+		f := p.flows[key]
+		if f == nil {
+			if draining {
+				p.st.rejected.Add(1)
+				continue
+			}
+			if f = p.newFlow(key, pi, now); f == nil {
+				p.st.dropped.Add(1)
+				continue
+			}
+		}
+		p.touch(f, now)
+		b.flows[i] = f
+	}
+	for i := range b.flows[:n] {
+		f := b.flows[i]
+		if f == nil {
+			continue
+		}
+		m := 0
+		for j := i; j < n; j++ {
+			if b.flows[j] != f {
+				continue
+			}
+			b.flows[j] = nil
+			p.fwd[m].Base = b.iovs[j].Base
+			p.fwd[m].SetLen(int(b.hdrs[j].Len))
+			m++
+		}
+		p.toBackend(f, p.fwd[:m], now)
+	}
+}
+
+// toBackend sends the datagrams dgrams on f's backend socket.
+func (p *Proxy) toBackend(f *flow, dgrams []unix.Iovec, now int64) {
+	if f.fd < 0 { // evicted by a new flow of this same batch
+		p.st.dropped.Add(uint64(len(dgrams)))
+		return
+	}
+	flows := p.fwdFlows[:len(dgrams)]
+	for i := range flows {
+		flows[i] = f
+	}
+	p.send(f.fd, dgrams, flows, false, p.gso, now)
+}
+
+// send writes the datagrams dgrams to fd with sendmmsg, coalescing runs for
+// one flow with UDP GSO when gso is set. Replies (reply set) go from the host
+// socket to each flow's client, with the flow's PKTINFO; otherwise fd is a
+// flow's connected backend socket.
+//
+// Errors are handled per send: ECONNREFUSED on a backend socket reports an
+// ICMP error for an earlier datagram, so the send is retried; a refused GSO
+// send is split into single datagrams (and GSO turned off for good on EIO);
+// an EINVAL on a reply with PKTINFO drops that flow's source address; any
+// other error drops the datagrams of that send, counted and logged.
+func (p *Proxy) send(fd int, dgrams []unix.Iovec, flows []*flow, reply, gso bool, now int64) {
+	sizes := p.sizes[:len(dgrams)]
+	for i := range dgrams {
+		sizes[i] = int(dgrams[i].Len)
+	}
+	groups := planGroups(p.groups, sizes, flows, gso)
+	copy(p.iovs, dgrams)
+	for k, g := range groups {
+		h := &p.hdrs[k].Hdr
+		h.Iov = &p.iovs[g.first]
+		h.SetIovlen(g.count)
+		f := flows[g.first]
+		ctl := p.ctls[k][:0]
+		h.Name, h.Namelen = nil, 0
+		if reply {
+			h.Name, h.Namelen = &f.name[0], f.namelen
+			ctl = append(ctl, f.oob[:f.ooblen]...)
+		}
+		if g.count > 1 {
+			ctl = sockopt.AppendUDPSegment(ctl, uint16(g.seg))
+		}
+		h.Control = nil
+		if len(ctl) > 0 {
+			h.Control = &p.ctls[k][0]
+		}
+		h.SetControllen(len(ctl))
+	}
+	hdrs := p.hdrs[:len(groups)]
+	retries := 0
+	for k := 0; k < len(hdrs); {
+		n, errno := mmsg(unix.SYS_SENDMMSG, fd, hdrs[k:])
+		if errno == 0 && n > 0 {
+			var count, bytes uint64
+			for _, g := range groups[k : k+n] {
+				count += uint64(g.count)
+				for _, s := range sizes[g.first : g.first+g.count] {
+					bytes += uint64(s)
+				}
+			}
+			if reply {
+				p.st.toClient.Add(count)
+				p.st.bytesToClient.Add(bytes)
+			} else {
+				p.st.toBackend.Add(count)
+				p.st.bytesToBackend.Add(bytes)
+			}
+			k, retries = k+n, 0
+			continue
+		}
+		g := groups[k]
+		f := flows[g.first]
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case !reply && errno == unix.ECONNREFUSED && retries < 2:
+			p.st.refused.Add(1)
+			retries++
+			continue
+		case g.count > 1 && sockopt.IsGSOError(errno):
+			if errno == unix.EIO && p.gso {
+				p.gso = false
+				p.log.Warn("udp GSO refused by the kernel; sending datagrams one by one", logging.Err(errno))
+			}
+			p.send(fd, dgrams[g.first:], flows[g.first:], reply, false, now)
+			return
+		case reply && errno == unix.EINVAL && f.ooblen > 0:
+			// The local address the client wrote to cannot be a source
+			// (say, a broadcast address): let the kernel choose from now on.
+			p.log.Warn("udp reply source not usable; the kernel picks it for this flow",
+				logging.AddrPort("client", f.key.client), logging.Stringer("local", f.key.local))
+			f.ooblen = 0
+			p.send(fd, dgrams[g.first:], flows[g.first:], reply, gso, now)
+			return
+		}
+		p.st.dropped.Add(uint64(g.count))
+		if ok, skipped := p.sendLog.allow(now); ok {
+			to := "backend"
+			if reply {
+				to = "client"
+			}
+			p.log.Warn("udp send to "+to+" failed; datagram dropped", logging.AddrPort("client", f.key.client),
+				logging.Err(errno), logging.Int("suppressed", skipped))
+		}
+		k, retries = k+1, 0
+	}
+}
+
+// fromBackend reads the replies waiting on a flow's socket into p.rep.
+func (p *Proxy) fromBackend(slot int32, now int64) {
+	if slot < 0 || int(slot) >= len(p.slots) {
+		return
+	}
+	f := p.slots[slot]
+	if f == nil {
+		return
+	}
+	for round := 0; round < 4; round++ {
+		if p.rn == batchSize {
+			p.flushReplies()
+		}
+		free := p.rep.hdrs[p.rn:]
+		n, errno := mmsg(unix.SYS_RECVMMSG, f.fd, free)
+		switch errno {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return
+		case unix.ECONNREFUSED:
+			// An ICMP error for an earlier datagram; the flow stays.
+			p.st.refused.Add(1)
+			continue
+		default:
+			if ok, skipped := p.readLog.allow(now); ok {
+				p.log.Warn("udp read from backend failed", logging.AddrPort("client", f.key.client),
+					logging.Err(errno), logging.Int("suppressed", skipped))
+			}
+			return
+		}
+		p.touch(f, now)
+		w := p.rn
+		for k := p.rn; k < p.rn+n; k++ {
+			size := p.rep.hdrs[k].Len
+			if p.rep.hdrs[k].Hdr.Flags&unix.MSG_TRUNC != 0 {
+				p.rep.hdrs[k].Hdr.Flags = 0
+				p.truncated("backend", now)
+				continue
+			}
+			if k != w {
+				p.rep.iovs[k], p.rep.iovs[w] = p.rep.iovs[w], p.rep.iovs[k]
+			}
+			p.rep.iovs[w].SetLen(int(size))
+			p.rep.flows[w] = f
+			w++
+		}
+		p.rn = w
+		if n < len(free) {
+			return
+		}
+	}
+}
+
+// flushReplies sends the replies gathered in p.rep from the host socket,
+// then readies p.rep for reading again.
+func (p *Proxy) flushReplies() {
+	if p.rn == 0 {
+		return
+	}
+	p.send(p.hostFD, p.rep.iovs[:p.rn], p.rep.flows[:p.rn], true, p.gso, p.now())
+	for k := range p.rep.iovs[:p.rn] {
+		p.rep.iovs[k].SetLen(MaxDatagram)
+		p.rep.flows[k] = nil
+	}
+	p.rn = 0
+}
+
+func (p *Proxy) truncated(from string, now int64) {
+	p.st.truncated.Add(1)
+	if ok, skipped := p.truncLog.allow(now); ok {
+		p.log.Warn("udp datagram truncated by the kernel; dropped", logging.String("from", from),
+			logging.Int("suppressed", skipped))
+	}
+}
+
+// newFlow opens a flow for key, evicting the least recently used one when
+// the table is full. It returns nil when the backend socket cannot be made.
+func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
+	if len(p.flows) >= p.maxFlows && p.tail != nil {
+		victim := p.tail
+		p.closeFlow(victim)
+		p.st.evicted.Add(1)
+		if ok, skipped := p.evictLog.allow(now); ok {
+			p.log.Warn("udp flow table full; evicted the least recently used flow",
+				logging.Int("max_flows", p.maxFlows), logging.AddrPort("evicted", victim.key.client),
+				logging.Duration("idle", time.Duration(now-victim.last)), logging.Int("suppressed", skipped))
+		}
+	}
+	fd, err := p.dialBackend()
+	if err != nil {
+		p.st.failed.Add(1)
+		if ok, skipped := p.flowLog.allow(now); ok {
+			p.log.Error("udp flow not opened", logging.AddrPort("client", key.client), logging.Err(err),
+				logging.Int("suppressed", skipped))
+		}
+		return nil
+	}
+	var slot int32
+	if n := len(p.free); n > 0 {
+		slot, p.free = p.free[n-1], p.free[:n-1]
+	} else {
+		slot = int32(len(p.slots))
+		p.slots = append(p.slots, nil)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: slot + tokFlow0}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(fd)
+		p.free = append(p.free, slot)
+		p.st.failed.Add(1)
+		if ok, skipped := p.flowLog.allow(now); ok {
+			p.log.Error("udp flow not opened", logging.AddrPort("client", key.client),
+				logging.Err(fmt.Errorf("epoll_ctl: %w", err)), logging.Int("suppressed", skipped))
+		}
+		return nil
+	}
+	f := &flow{key: key, fd: fd, slot: slot, last: now}
+	f.namelen = putName(f.name[:], p.v6, key.client, key.scope)
+	if src := pi.Local; src.IsValid() && !src.IsUnspecified() && !src.IsMulticast() {
+		var ifindex uint32
+		if src.Is6() && !src.Is4In6() && src.IsLinkLocalUnicast() {
+			ifindex = pi.Ifindex
+		}
+		f.ooblen = uint32(len(sockopt.AppendPktinfo(f.oob[:0], p.v6, src, ifindex)))
+	}
+	p.slots[slot] = f
+	p.flows[key] = f
+	p.pushFront(f)
+	p.st.flows.Add(1)
+	p.st.created.Add(1)
+	if !p.armed {
+		p.arm()
+	}
+	return f
+}
+
+// dialBackend opens a non-blocking UDP socket connected to the backend.
+func (p *Proxy) dialBackend() (int, error) {
+	fd, err := unix.Socket(p.bfamily, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
+	}
+	if err := unix.Connect(fd, p.bsa); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("connect %s/udp: %w", p.backend, err)
+	}
+	return fd, nil
+}
+
+// closeFlow forgets f and closes its socket (which leaves the epoll set).
+func (p *Proxy) closeFlow(f *flow) {
+	delete(p.flows, f.key)
+	p.unlink(f)
+	p.slots[f.slot] = nil
+	p.free = append(p.free, f.slot)
+	unix.Close(f.fd)
+	f.fd = -1
+	p.st.flows.Add(-1)
+}
+
+// expire closes the flows idle for the timeout and arms the deadline for the
+// next one.
+func (p *Proxy) expire(now int64) {
+	for p.tail != nil && now-p.tail.last >= p.timeout {
+		p.closeFlow(p.tail)
+		p.st.expired.Add(1)
+	}
+	p.arm()
+}
+
+// arm sets the epoll set's read deadline to when the least recently used
+// flow would expire, or clears it when there is no flow. An older deadline
+// that fires early only causes an extra expire pass.
+func (p *Proxy) arm() {
+	var t time.Time
+	if p.tail != nil {
+		t = p.start.Add(time.Duration(p.tail.last + p.timeout))
+	}
+	p.epf.SetReadDeadline(t)
+	p.armed = p.tail != nil
+}
+
+func (p *Proxy) touch(f *flow, now int64) {
+	f.last = now
+	if p.head != f {
+		p.unlink(f)
+		p.pushFront(f)
+	}
+}
+
+func (p *Proxy) pushFront(f *flow) {
+	f.prev, f.next = nil, p.head
+	if p.head != nil {
+		p.head.prev = f
+	}
+	p.head = f
+	if p.tail == nil {
+		p.tail = f
+	}
+}
+
+func (p *Proxy) unlink(f *flow) {
+	if f.prev != nil {
+		f.prev.next = f.next
+	} else if p.head == f {
+		p.head = f.next
+	}
+	if f.next != nil {
+		f.next.prev = f.prev
+	} else if p.tail == f {
+		p.tail = f.prev
+	}
+	f.prev, f.next = nil, nil
+}
+
+// limiter lets one log line of a kind through every logEvery and counts
+// the others.
+type limiter struct {
+	next    int64
+	skipped int
+}
+
+func (l *limiter) allow(now int64) (ok bool, skipped int) {
+	if now < l.next {
+		l.skipped++
+		return false, 0
+	}
+	skipped, l.skipped = l.skipped, 0
+	l.next = now + int64(logEvery)
+	return true, skipped
+}
