@@ -1,0 +1,473 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hostproxy/hostproxy/alloc"
+	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/sctp"
+	"github.com/hostproxy/hostproxy/proxy/tcp"
+	"github.com/hostproxy/hostproxy/proxy/udp"
+	"github.com/hostproxy/hostproxy/sockopt"
+)
+
+// listenFD is the descriptor of the engine's socket with -use-listen-fd.
+const listenFD = 4
+
+// resolveTimeout bounds resolving the -L target host names at start.
+const resolveTimeout = 10 * time.Second
+
+// run is hostproxy: it returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	// Which of fd 3 and fd 4 did the parent pass (probeFD tells them from
+	// what the Go runtime opened itself)? Keep them from leaking into any
+	// child.
+	fd3, fd4 := probeFD(statusFD), probeFD(listenFD)
+	if fd3.Open {
+		closeOnExec(statusFD)
+	}
+	if fd4.Open {
+		closeOnExec(listenFD)
+	}
+	ignoreSIGPIPE()
+	// The handlers are in place before any status is written: an engine
+	// may signal the instant it reads "0\n".
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, stopSignals...)
+	if natSignal != nil {
+		signal.Notify(sigs, natSignal)
+	}
+
+	cfg, err := parseArgs(args)
+	if err != nil {
+		st := newStatus(useStatus(fd3, hasForwardFlag(args)))
+		return startFailed(st, stderr, err)
+	}
+	switch {
+	case cfg.Help:
+		printUsage(stdout)
+		return 0
+	case cfg.Version:
+		printVersion(stdout)
+		return 0
+	}
+	st := newStatus(useStatus(fd3, cfg.Mode == modeForwarder))
+
+	log, err := logging.NewWriter(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return startFailed(st, stderr, err)
+	}
+	defer log.Sync()
+
+	var (
+		s     *server
+		extra string
+	)
+	switch cfg.Mode {
+	case modeCompat:
+		s, err = startCompat(cfg, log, fd4)
+	case modeAllocate:
+		s, extra, err = startAllocate(cfg, log)
+	case modeForwarder:
+		s, err = startForwarder(cfg, log)
+	}
+	if err != nil {
+		return startFailed(st, stderr, err)
+	}
+	s.serve()
+	st.ready(extra)
+	return s.wait(sigs)
+}
+
+// startFailed reports err on fd 3 and as one line on stderr.
+func startFailed(st *status, stderr io.Writer, err error) int {
+	st.fail(err.Error())
+	fmt.Fprintf(stderr, "hostproxy: %s\n", oneLine(err.Error()))
+	return 1
+}
+
+// useStatus reports whether fd 3 is a status pipe to write. The engine modes
+// write to fd 3 whenever the parent passed it, as docker-proxy does. The
+// forwarder needs no fd 3 and writes to it only when it is a pipe, which is
+// what a supervisor waiting for readiness passes; an fd 3 that is a file, a
+// socket (systemd socket activation starts at fd 3) or a terminal is left
+// alone.
+func useStatus(fd3 fdState, forwarder bool) bool {
+	return fd3.Open && (!forwarder || fd3.Pipe)
+}
+
+// hasForwardFlag reports whether args hold a -L flag, for choosing where a
+// parse error goes before the mode is known.
+func hasForwardFlag(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if a == "L" || strings.HasPrefix(a, "L=") {
+			return true
+		}
+	}
+	return false
+}
+
+// server is the set of running proxies of one process.
+type server struct {
+	cfg     *config
+	log     *logging.Logger
+	proxies []proxy.Proxy
+	names   []string // "frontend/proto to backend", per proxy
+	// filtered are the sockets bound with the drop-all filter
+	// (-await-nat), held open until SIGUSR1 detaches it.
+	filtered []*alloc.Binding
+	errc     chan error // Serve results
+}
+
+// add creates the proxy serving the socket f and records it; Serve starts
+// later. The proxy has its own descriptor: the caller closes f.
+func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.AddrPort) error {
+	// The proxies add "listen" (the frontend) and "backend" themselves.
+	log := s.log.With(logging.String("proto", proto.String()))
+	var (
+		p   proxy.Proxy
+		err error
+	)
+	switch proto {
+	case sockopt.TCP:
+		p, err = tcp.New(f, tcp.Config{Backend: backend, DialTimeout: s.cfg.DialTimeout, Logger: log})
+	case sockopt.UDP:
+		p, err = udp.New(f, udp.Config{Backend: backend, IdleTimeout: s.cfg.UDPTimeout,
+			MaxFlows: s.cfg.UDPMaxFlows, Logger: log})
+	case sockopt.SCTP:
+		p, err = sctp.New(f, sctp.Config{Backend: backend, DialTimeout: s.cfg.DialTimeout, Logger: log})
+	default:
+		err = fmt.Errorf("unsupported protocol %s", proto)
+	}
+	name := fmt.Sprintf("%s/%s to %s", frontend, proto, backend)
+	if err != nil {
+		return fmt.Errorf("proxy %s: %w", name, err)
+	}
+	s.proxies = append(s.proxies, p)
+	s.names = append(s.names, name)
+	return nil
+}
+
+// closeAll closes every proxy and filtered socket at once.
+func (s *server) closeAll() {
+	for _, p := range s.proxies {
+		p.Close()
+	}
+	s.releaseFiltered()
+}
+
+// releaseFiltered closes the sockets kept for SIGUSR1.
+func (s *server) releaseFiltered() {
+	for _, b := range s.filtered {
+		b.Close()
+	}
+	s.filtered = nil
+}
+
+// detachFilters removes the drop-all filter from every socket (SIGUSR1).
+func (s *server) detachFilters() {
+	for _, b := range s.filtered {
+		for _, f := range b.Files {
+			if err := sockopt.DetachFilter(f); err != nil {
+				s.log.Error("detaching the drop-all filter failed; the socket stays silent",
+					logging.String("proto", b.Proto.String()), logging.Uint64("port", uint64(b.Port)), logging.Err(err))
+			}
+		}
+	}
+	s.releaseFiltered()
+}
+
+// serve starts every proxy's Serve.
+func (s *server) serve() {
+	s.errc = make(chan error, len(s.proxies))
+	for i, p := range s.proxies {
+		go func() {
+			if err := p.Serve(context.Background()); err != nil {
+				s.errc <- fmt.Errorf("proxy %s: %w", s.names[i], err)
+				return
+			}
+			s.errc <- nil
+		}()
+	}
+}
+
+// wait runs until a stop signal (exit 0) or until a proxy fails on its own
+// (exit 1).
+func (s *server) wait(sigs <-chan os.Signal) int {
+	running := len(s.proxies)
+	for running > 0 {
+		select {
+		case sig := <-sigs:
+			if natSignal != nil && sig == natSignal {
+				if len(s.filtered) == 0 {
+					s.log.Debug("SIGUSR1 ignored: no socket has a filter")
+				}
+				s.detachFilters()
+				continue
+			}
+			s.stop(sigs)
+			return 0
+		case err := <-s.errc:
+			running--
+			if err != nil && !errors.Is(err, proxy.ErrClosed) {
+				s.log.Error("proxy failed; stopping", logging.Err(err))
+				s.closeAll()
+				return 1
+			}
+		}
+	}
+	s.releaseFiltered()
+	return 0
+}
+
+// stop ends every proxy: at once when DrainTimeout is 0, otherwise
+// gracefully for at most DrainTimeout, or until another stop signal.
+func (s *server) stop(sigs <-chan os.Signal) {
+	// Our copies of filtered sockets would keep them listening.
+	s.releaseFiltered()
+	if s.cfg.DrainTimeout <= 0 {
+		s.closeAll()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, p := range s.proxies {
+		wg.Go(func() {
+			if err := p.Shutdown(ctx); err != nil && !errors.Is(err, proxy.ErrClosed) {
+				s.log.Info("drain ended; open connections closed", logging.Err(err))
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for {
+		select {
+		case <-done:
+			return
+		case sig := <-sigs:
+			if natSignal != nil && sig == natSignal {
+				continue
+			}
+			cancel() // a second stop signal: at once
+			s.closeAll()
+			<-done
+			return
+		}
+	}
+}
+
+// startCompat is docker-proxy's form: one mapping on the engine's socket
+// (fd 4) or on a socket hostproxy binds without a filter.
+func startCompat(cfg *config, log *logging.Logger, fd4 fdState) (*server, error) {
+	s := &server{cfg: cfg, log: log}
+	host := netip.AddrPortFrom(cfg.HostIPs[0], cfg.HostPorts.First)
+	var f *os.File
+	if cfg.UseListenFD {
+		var err error
+		if f, err = listenFile(cfg, fd4); err != nil {
+			return nil, err
+		}
+	} else {
+		var err error
+		if f, err = sockopt.Listen(cfg.Proto, host, sockopt.Options{}); err != nil {
+			return nil, err
+		}
+	}
+	defer f.Close()
+	if err := s.add(f, cfg.Proto, host, cfg.Backend(host.Port())); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// listenFile returns fd 4 after checking that it is a socket of -proto, of
+// -host-ip's address family, and listening for TCP and SCTP.
+func listenFile(cfg *config, fd4 fdState) (*os.File, error) {
+	if !fd4.Open {
+		return nil, errors.New("-use-listen-fd: fd 4 is not open (the engine passes the host socket there)")
+	}
+	f := os.NewFile(listenFD, "fd 4")
+	info, err := sockopt.Inspect(f)
+	if err != nil {
+		f.Close()
+		if notSocket(err) {
+			return nil, fmt.Errorf("-use-listen-fd: fd 4 is not a socket: %w", err)
+		}
+		return nil, fmt.Errorf("-use-listen-fd: fd 4: %w", err)
+	}
+	fail := func(format string, args ...any) (*os.File, error) {
+		f.Close()
+		return nil, fmt.Errorf("-use-listen-fd: "+format, args...)
+	}
+	if info.Proto != cfg.Proto {
+		return fail("fd 4 (%s) does not match -proto %s", info, cfg.Proto)
+	}
+	if cfg.Proto.Stream() && !info.Listening {
+		return fail("fd 4 (%s) is not listening", info)
+	}
+	want, got := family(cfg.HostIPs[0]), family(info.Local.Addr())
+	if want != got {
+		return fail("fd 4 is an %s socket (%s) but -host-ip %s is %s", got, info, cfg.HostIPs[0], want)
+	}
+	return f, nil
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// startAllocate binds through the allocator: one port on every -host-ip, or
+// every port of the range with -container-port C-D. It returns the text that
+// follows "0\n" on fd 3.
+func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
+	a, err := alloc.New(alloc.Config{})
+	if err != nil {
+		return nil, "", fmt.Errorf("port allocator: %w", err)
+	}
+	req := alloc.Request{
+		Proto: cfg.Proto,
+		Addrs: cfg.HostIPs,
+		Range: alloc.Range{First: cfg.HostPorts.First, Last: cfg.HostPorts.Last},
+	}
+	opts := sockopt.Options{DropAll: cfg.AwaitNAT}
+	var bindings []*alloc.Binding
+	if cfg.ContainerPort.Single() {
+		b, err := a.Bind(req, opts)
+		if err != nil {
+			return nil, "", fmt.Errorf("allocate a %s port on %s: %w", cfg.Proto, addrList(cfg.HostIPs), err)
+		}
+		bindings = []*alloc.Binding{b}
+	} else {
+		if bindings, err = a.BindEach(req, opts); err != nil {
+			return nil, "", fmt.Errorf("bind %s ports %s on %s: %w", cfg.Proto, cfg.HostPorts, addrList(cfg.HostIPs), err)
+		}
+	}
+	s := &server{cfg: cfg, log: log}
+	for _, b := range bindings {
+		for i, f := range b.Files {
+			host := netip.AddrPortFrom(cfg.HostIPs[i], b.Port)
+			if err := s.add(f, b.Proto, host, cfg.Backend(b.Port)); err != nil {
+				for _, b := range bindings {
+					b.Close()
+				}
+				s.closeAll()
+				return nil, "", err
+			}
+		}
+	}
+	if cfg.AwaitNAT {
+		s.filtered = bindings
+	} else {
+		for _, b := range bindings {
+			b.Close() // the proxies hold their own descriptors
+		}
+	}
+	if len(bindings) == 1 {
+		return s, fmt.Sprintf("%d\n", bindings[0].Port), nil
+	}
+	return s, fmt.Sprintf("%d-%d\n", bindings[0].Port, bindings[len(bindings)-1].Port), nil
+}
+
+func addrList(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// loopbacks are where a -L mapping without BIND listens, as with ssh.
+var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+
+// startForwarder binds every -L mapping. It fails whole: one mapping that
+// cannot start closes the others.
+func startForwarder(cfg *config, log *logging.Logger) (*server, error) {
+	s := &server{cfg: cfg, log: log}
+	for _, fw := range cfg.Forwards {
+		if err := s.addForward(fw); err != nil {
+			s.closeAll()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *server) addForward(fw forward) error {
+	target, err := resolve(fw.Target)
+	if err != nil {
+		return fmt.Errorf("-L %s: %w", fw, err)
+	}
+	binds, implicit := []netip.Addr{fw.Bind}, false
+	if !fw.Bind.IsValid() {
+		binds, implicit = loopbacks, true
+	}
+	for i := 0; i < fw.Ports.Len(); i++ {
+		backend := netip.AddrPortFrom(target, fw.TPorts.At(i))
+		listened := 0
+		for _, b := range binds {
+			host := netip.AddrPortFrom(b, fw.Ports.At(i))
+			f, err := sockopt.Listen(fw.Proto, host, sockopt.Options{})
+			if err != nil {
+				if implicit && b.Is6() && noIPv6(err) {
+					continue // a host without ::1 serves 127.0.0.1 only
+				}
+				return fmt.Errorf("-L %s: %w", fw, err)
+			}
+			err = s.add(f, fw.Proto, host, backend)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("-L %s: %w", fw, err)
+			}
+			listened++
+		}
+		if listened == 0 {
+			return fmt.Errorf("-L %s: no address to listen on", fw)
+		}
+	}
+	return nil
+}
+
+// resolve returns host's address: the literal itself, or the first IPv4
+// address of a name (else its first IPv6 address), looked up once.
+func resolve(host string) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.Unmap(), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("resolve %s: %w", host, err)
+	}
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			return a.Unmap(), nil
+		}
+	}
+	if len(addrs) == 0 {
+		return netip.Addr{}, fmt.Errorf("resolve %s: no address", host)
+	}
+	return addrs[0], nil
+}
