@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeProxyEnv makes the test binary act as a docker-proxy compatible
+// proxy, so the fd 3 / fd 4 path of the harness is tested without hostproxy
+// or docker-proxy.
+const fakeProxyEnv = "HOSTPROXY_BENCH_FAKE_PROXY"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fakeProxyEnv) == "1" {
+		if err := fakeProxy(os.Args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// fakeProxy is a minimal TCP proxy speaking docker-proxy's start protocol:
+// fd 4 is its listener, "0\n" on fd 3 says it is ready.
+func fakeProxy(args []string) error {
+	fs := flag.NewFlagSet("fake", flag.ContinueOnError)
+	fs.String("proto", "tcp", "")
+	fs.String("host-ip", "", "")
+	fs.Int("host-port", 0, "")
+	ip := fs.String("container-ip", "", "")
+	port := fs.Int("container-port", 0, "")
+	fs.Bool("use-listen-fd", false, "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.FileListener(os.NewFile(4, "listener"))
+	if err != nil {
+		return fmt.Errorf("fd 4: %w", err)
+	}
+	status := os.NewFile(3, "status")
+	status.WriteString("0\n")
+	status.Close()
+	backend := net.JoinHostPort(*ip, fmt.Sprint(*port))
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				return
+			}
+			defer b.Close()
+			go io.Copy(b, c)
+			io.Copy(c, b)
+		}()
+	}
+}
+
+// TestStatusAndListenFD runs the harness against the fake proxy started the
+// way hostproxy is: fd 3 status pipe and fd 4 listening socket.
+func TestStatusAndListenFD(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the harness measures Linux processes")
+	}
+	t.Setenv(fakeProxyEnv, "1")
+	var hp *peerSpec
+	for _, p := range defaultPeers(os.Args[0]) {
+		if p.Name == "hostproxy" {
+			hp = p
+		}
+	}
+	hp.Name = "fake"
+	hp.Protos = []string{"tcp"}
+	direct := defaultPeers("")[0]
+
+	ts := slices.DeleteFunc(tests(), func(td *testDef) bool { return td.Name != "tcp-rr" && td.Name != "startup" })
+	cfg := &config{Duration: 100 * time.Millisecond, Warmup: 10 * time.Millisecond, Rounds: 2, Parallel: 2, Flows: 10, RangeSize: 2}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rep, err := runAll(ctx, cfg, ts, []*peerSpec{direct, hp}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, st := rep.Tests[0].get("fake"), rep.Tests[1].get("fake")
+	if rr.Err != "" || len(rr.Rounds) != 2 || rr.Median["rr_s"] <= 0 || rr.VsDirect["rr_s"] <= 0 {
+		t.Errorf("tcp-rr through the fake proxy: %+v", rr)
+	}
+	if rr.Median["peak_rss_mib"] <= 0 || rr.Median["peak_pss_mib"] <= 0 {
+		t.Errorf("no memory measured for the fake proxy: %+v", rr.Median)
+	}
+	if st.Err != "" || st.Median["start_ms"] <= 0 || st.Median["idle_rss_mib"] <= 0 {
+		t.Errorf("startup of the fake proxy: %+v", st)
+	}
+}
+
+// TestStartFailure checks that a proxy reporting failure on fd 3 is an
+// error naming the reason, and that its process is gone afterwards.
+func TestStartFailure(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the harness measures Linux processes")
+	}
+	p := &peerSpec{Name: "failing", Bin: "/bin/sh", Status: true,
+		Args: []string{"-c", "printf '1\\nport {host_port} is taken' >&3"}}
+	maps := []mapping{{Proto: "tcp", Host: loopbackAny, Backend: loopbackAny}}
+	_, _, err := start(context.Background(), p, maps, false)
+	if err == nil {
+		t.Fatal("start succeeded")
+	}
+	want := fmt.Sprintf("port %d is taken", maps[0].Host.Port())
+	if !contains(err.Error(), want) {
+		t.Errorf("error %q does not carry the reason %q", err, want)
+	}
+
+	p = &peerSpec{Name: "silent", Bin: "/bin/sh", Status: true, Args: []string{"-c", "exec 3>&-; exit 0"}}
+	if _, _, err := start(context.Background(), p, maps, false); err == nil {
+		t.Error("a proxy that closed fd 3 without a status started")
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
