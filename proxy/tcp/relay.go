@@ -29,7 +29,10 @@ func (r *relay) run() {
 	p := r.p
 	defer p.forget(r)
 
-	_ = r.client.SetKeepAliveConfig(keepAlive) // best effort: the relay works without it
+	// The client already has keepalive: Go's accept enables it with the same
+	// schedule as keepAlive (15s idle, 15s interval, 9 probes), and setting it
+	// again would cost four setsockopt calls per connection
+	// (TestSocketOptions checks the options on both sides).
 	start := time.Now()
 	backend, err := p.dial()
 	if err != nil {
