@@ -25,6 +25,12 @@ import (
 // Logger writes structured entries to a zapcore.Core.
 type Logger struct {
 	core zapcore.Core
+	// fields are added to every entry. They are kept as they are and encoded
+	// only when an entry is written, instead of through core.With, which
+	// clones the encoder with a buffer of its own: hostproxy logs rarely (on
+	// failures) but holds a logger per mapping, and a range of 100 mappings
+	// should not pay 100 encoders.
+	fields []zapcore.Field
 }
 
 // New returns a Logger writing to core. A nil core discards everything.
@@ -85,10 +91,12 @@ func ParseLevel(s string) (zapcore.Level, error) {
 
 // With returns a Logger that adds fields to every entry.
 func (l *Logger) With(fields ...zapcore.Field) *Logger {
-	if l == nil || l.core == nil {
+	if l == nil || l.core == nil || len(fields) == 0 {
 		return l
 	}
-	return &Logger{core: l.core.With(fields)}
+	all := make([]zapcore.Field, 0, len(l.fields)+len(fields))
+	all = append(append(all, l.fields...), fields...)
+	return &Logger{core: l.core, fields: all}
 }
 
 // Enabled reports whether entries at level would be written.
@@ -122,6 +130,9 @@ func (l *Logger) log(level zapcore.Level, msg string, fields []zapcore.Field) {
 	}
 	ent := zapcore.Entry{Level: level, Time: time.Now(), Message: msg}
 	if ce := l.core.Check(ent, nil); ce != nil {
+		if len(l.fields) > 0 {
+			fields = append(l.fields[:len(l.fields):len(l.fields)], fields...)
+		}
 		ce.Write(fields...)
 	}
 }
