@@ -31,44 +31,12 @@ const sctpWait = 20 * time.Second
 
 var sctpLoopback = netip.MustParseAddr("127.0.0.1")
 
-// sctpBinary returns the hostproxy binary to run.
-func sctpBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("HOSTPROXY_BIN"); p != "" {
-		return p
-	}
-	gobin := testenv.RequireCommand(t, "go")
-	out := t.TempDir() + "/hostproxy"
-	cmd := exec.Command(gobin, "build", "-o", out, ".")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/hostproxy: %v\n%s", err, b)
-	}
-	return out
-}
-
 // sctpProc is a running hostproxy with fd 3 connected to status.
 type sctpProc struct {
 	cmd    *exec.Cmd
 	status *os.File // read end of fd 3
-	stderr *sctpBuffer
+	stderr *syncBuffer
 	waited chan error
-}
-
-type sctpBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *sctpBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *sctpBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // sctpStart runs hostproxy with args, fd 3 a pipe, and extra as fd 4, ....
@@ -79,8 +47,8 @@ func sctpStart(t *testing.T, args []string, extra ...*os.File) *sctpProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &sctpProc{status: r, stderr: &sctpBuffer{}, waited: make(chan error, 1)}
-	p.cmd = exec.Command(sctpBinary(t), args...)
+	p := &sctpProc{status: r, stderr: &syncBuffer{}, waited: make(chan error, 1)}
+	p.cmd = exec.Command(hostproxyBin(t), args...)
 	p.cmd.Stderr = p.stderr
 	p.cmd.ExtraFiles = append([]*os.File{w}, extra...)
 	if err := p.cmd.Start(); err != nil {
