@@ -6,7 +6,7 @@
 // `go test ./...` passes anywhere. With HOSTPROXY_STRICT=1 in the environment
 // (set by .ci/run) it fails instead, so that in CI nothing is skipped by
 // accident. The one exception is a kernel without SCTP: CI runs the SCTP
-// tests inside a VM whose kernel has it (hack/sctp-vm), so on the host they
+// tests inside a VM whose kernel has it (hack/test-sctp.sh), so on the host they
 // always skip; inside that VM HOSTPROXY_STRICT makes them fail.
 package testenv
 
@@ -62,5 +62,5 @@ func RequireSCTP(t testing.TB) {
 	if os.Getenv("HOSTPROXY_SCTP_VM") == "1" {
 		t.Fatalf("SCTP required inside the test VM: %v", err)
 	}
-	t.Skipf("no SCTP in this kernel (%v); run hack/sctp-vm to test SCTP in a VM", err)
+	t.Skipf("no SCTP in this kernel (%v); run hack/test-sctp.sh to test SCTP in a VM", err)
 }
