@@ -21,7 +21,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,17 +34,7 @@ import (
 const dockerProxy = "/usr/sbin/docker-proxy"
 
 var staticOnce = sync.OnceValues(func() (string, error) {
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(binDir, "hostproxy-static")
-	cmd := exec.Command(gobin, "build", "-o", out, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("CGO_ENABLED=0 go build: %w\n%s", err, b)
-	}
-	return out, nil
+	return buildHostproxy("hostproxy-static", "CGO_ENABLED=0")
 })
 
 // benchBinaries returns the binaries to compare, by name.

@@ -56,23 +56,28 @@ func hostproxyBin(t testing.TB) string {
 			binPath = p
 			return
 		}
-		gobin, err := exec.LookPath("go")
-		if err != nil {
-			binErr = fmt.Errorf("go not on PATH and HOSTPROXY_BIN unset: %w", err)
-			return
-		}
-		out := filepath.Join(binDir, "hostproxy")
-		cmd := exec.Command(gobin, "build", "-o", out, ".")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build ./cmd/hostproxy: %w\n%s", err, b)
-			return
-		}
-		binPath = out
+		binPath, binErr = buildHostproxy("hostproxy")
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
 	return binPath
+}
+
+// buildHostproxy builds this package into binDir/name with env added to the
+// environment, and returns the binary's path.
+func buildHostproxy(name string, env ...string) (string, error) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("go not on PATH and HOSTPROXY_BIN unset: %w", err)
+	}
+	out := filepath.Join(binDir, name)
+	cmd := exec.Command(gobin, "build", "-o", out, ".")
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%s go build ./cmd/hostproxy: %w\n%s", strings.Join(env, " "), err, b)
+	}
+	return out, nil
 }
 
 // syncBuffer is an io.Writer safe for the exec package's copier and readers.

@@ -1,19 +1,15 @@
 package main_test
 
-// Black-box tests of the hostproxy binary with -proto sctp. Every helper here
-// is prefixed with sctp so that it cannot clash with the rest of the package's
-// tests. The binary is $HOSTPROXY_BIN when set (the SCTP VM sets it), else
-// built into the test's temporary directory.
+// Black-box tests of the hostproxy binary with -proto sctp, spawned with the
+// package's start/proc helpers. They need a kernel with SCTP: hack/test-sctp.sh
+// runs them in a VM with HOSTPROXY_BIN set to a static hostproxy.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,94 +26,6 @@ import (
 const sctpWait = 20 * time.Second
 
 var sctpLoopback = netip.MustParseAddr("127.0.0.1")
-
-// sctpProc is a running hostproxy with fd 3 connected to status.
-type sctpProc struct {
-	cmd    *exec.Cmd
-	status *os.File // read end of fd 3
-	stderr *syncBuffer
-	waited chan error
-}
-
-// sctpStart runs hostproxy with args, fd 3 a pipe, and extra as fd 4, ....
-// The process is killed at cleanup if it is still running.
-func sctpStart(t *testing.T, args []string, extra ...*os.File) *sctpProc {
-	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &sctpProc{status: r, stderr: &syncBuffer{}, waited: make(chan error, 1)}
-	p.cmd = exec.Command(hostproxyBin(t), args...)
-	p.cmd.Stderr = p.stderr
-	p.cmd.ExtraFiles = append([]*os.File{w}, extra...)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %v: %v", args, err)
-	}
-	w.Close()
-	for _, f := range extra {
-		f.Close()
-	}
-	go func() { p.waited <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		r.Close()
-		select {
-		case <-p.waited:
-		default:
-			p.cmd.Process.Kill()
-			<-p.waited
-		}
-		if t.Failed() {
-			t.Logf("hostproxy %s\nstderr:\n%s", strings.Join(args, " "), p.stderr)
-		}
-	})
-	return p
-}
-
-// readStatus reads fd 3 until EOF or until it holds lines lines.
-func (p *sctpProc) readStatus(t *testing.T, lines int) string {
-	t.Helper()
-	p.status.SetReadDeadline(time.Now().Add(sctpWait))
-	var got []byte
-	buf := make([]byte, 256)
-	for bytes.Count(got, []byte("\n")) < lines && len(got) < 4096 {
-		n, err := p.status.Read(buf)
-		got = append(got, buf[:n]...)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("reading fd 3 (so far %q): %v", got, err)
-		}
-	}
-	return string(got)
-}
-
-// stop sends sig and expects the process to exit with code want.
-func (p *sctpProc) stop(t *testing.T, sig os.Signal, want int) {
-	t.Helper()
-	if sig != nil {
-		if err := p.cmd.Process.Signal(sig); err != nil {
-			t.Fatalf("signal %v: %v", sig, err)
-		}
-	}
-	select {
-	case err := <-p.waited:
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatalf("wait: %v", err)
-		}
-		if code != want {
-			t.Fatalf("exit code %d, want %d; stderr:\n%s", code, want, p.stderr)
-		}
-		p.waited <- err // for cleanup
-	case <-time.After(sctpWait):
-		t.Fatalf("hostproxy did not exit within %v of %v", sctpWait, sig)
-	}
-}
 
 // sctpEcho starts an SCTP echo server on 127.0.0.1 that answers every message
 // on the stream it came with and the PPID plus one.
@@ -248,21 +156,17 @@ func TestSCTPCompatListenFD(t *testing.T) {
 		t.Fatal(err)
 	}
 	host := info.Local
-	p := sctpStart(t, []string{
+	p := start(t, spawn{extra: []*os.File{f}},
 		"-proto", "sctp",
 		"-host-ip", host.Addr().String(), "-host-port", sctpPort(host.Port()),
 		"-container-ip", backend.Addr().String(), "-container-port", sctpPort(backend.Port()),
 		"-use-listen-fd",
-	}, f)
-	if got := p.readStatus(t, 2); got != "0\n" {
-		t.Fatalf("fd 3: %q, want %q", got, "0\n")
-	}
+	)
+	p.ready(t, "0\n")
 	sctpCheckEcho(t, host)
 	sctpCheckEcho(t, host) // a second association
-	p.stop(t, syscall.SIGTERM, 0)
-	if s := p.stderr.String(); s != "" {
-		t.Errorf("a normal start and stop printed on stderr:\n%s", s)
-	}
+	p.stop(t, syscall.SIGTERM)
+	p.quiet(t)
 }
 
 // TestSCTPCompatBinds is the older engines' way: hostproxy binds
@@ -271,16 +175,14 @@ func TestSCTPCompatBinds(t *testing.T) {
 	testenv.RequireSCTP(t)
 	backend := sctpEcho(t)
 	port := sctpFreePort(t)
-	p := sctpStart(t, []string{
+	p := start(t, spawn{},
 		"-proto", "sctp",
 		"-host-ip", "127.0.0.1", "-host-port", sctpPort(port),
 		"-container-ip", backend.Addr().String(), "-container-port", sctpPort(backend.Port()),
-	})
-	if got := p.readStatus(t, 2); got != "0\n" {
-		t.Fatalf("fd 3: %q, want %q", got, "0\n")
-	}
+	)
+	p.ready(t, "0\n")
 	sctpCheckEcho(t, netip.AddrPortFrom(sctpLoopback, port))
-	p.stop(t, syscall.SIGINT, 0)
+	p.stop(t, syscall.SIGINT)
 }
 
 // TestSCTPAllocationAwaitNAT: -host-port 0 -await-nat allocates a port,
@@ -288,13 +190,13 @@ func TestSCTPCompatBinds(t *testing.T) {
 func TestSCTPAllocationAwaitNAT(t *testing.T) {
 	testenv.RequireSCTP(t)
 	backend := sctpEcho(t)
-	p := sctpStart(t, []string{
+	p := start(t, spawn{},
 		"-proto", "sctp",
 		"-host-ip", "127.0.0.1", "-host-port", "0",
 		"-container-ip", backend.Addr().String(), "-container-port", sctpPort(backend.Port()),
 		"-await-nat",
-	})
-	status := p.readStatus(t, 2)
+	)
+	status := p.readStatus(t)
 	lines := strings.Split(status, "\n")
 	if len(lines) != 3 || lines[0] != "0" || lines[2] != "" {
 		t.Fatalf("fd 3: %q, want \"0\\n<port>\\n\"", status)
@@ -321,7 +223,7 @@ func TestSCTPAllocationAwaitNAT(t *testing.T) {
 	}
 	c.Close()
 	sctpCheckEcho(t, host)
-	p.stop(t, syscall.SIGTERM, 0)
+	p.stop(t, syscall.SIGTERM)
 }
 
 // TestSCTPForwarder runs the standalone forwarder with an /sctp mapping.
@@ -329,9 +231,9 @@ func TestSCTPForwarder(t *testing.T) {
 	testenv.RequireSCTP(t)
 	backend := sctpEcho(t)
 	port := sctpFreePort(t)
-	p := sctpStart(t, []string{
+	p := start(t, spawn{},
 		"-L", fmt.Sprintf("127.0.0.1:%d:%s/sctp", port, backend),
-	})
+	)
 	host := netip.AddrPortFrom(sctpLoopback, port)
 	var c *sctp.Conn
 	for i := 0; i < 20 && c == nil; i++ { // no fd 3 protocol: wait for the listener
@@ -343,9 +245,8 @@ func TestSCTPForwarder(t *testing.T) {
 			break
 		}
 		select {
-		case err := <-p.waited:
-			p.waited <- err
-			t.Fatalf("hostproxy exited: %v", err)
+		case <-p.exited:
+			t.Fatalf("hostproxy exited: %v; stderr: %s", p.err, p.stderr)
 		case <-time.After(100 * time.Millisecond): // refused: not listening yet
 		}
 	}
@@ -354,7 +255,7 @@ func TestSCTPForwarder(t *testing.T) {
 	}
 	c.Close()
 	sctpCheckEcho(t, host)
-	p.stop(t, syscall.SIGTERM, 0)
+	p.stop(t, syscall.SIGTERM)
 }
 
 // TestSCTPListenFDWrongType gives fd 4 a TCP socket with -proto sctp: exit 1
@@ -368,16 +269,18 @@ func TestSCTPListenFDWrongType(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := sctpStart(t, []string{
+	p := start(t, spawn{extra: []*os.File{f}},
 		"-proto", "sctp",
 		"-host-ip", "127.0.0.1", "-host-port", sctpPort(info.Local.Port()),
 		"-container-ip", "127.0.0.1", "-container-port", "9",
 		"-use-listen-fd",
-	}, f)
-	status := p.readStatus(t, 2)
+	)
+	status := p.readStatus(t)
 	if !strings.HasPrefix(status, "1\n") || len(strings.TrimSpace(status[2:])) == 0 {
 		t.Fatalf("fd 3: %q, want \"1\\n<reason>\"", status)
 	}
 	t.Logf("reason: %s", strings.TrimSpace(status[2:]))
-	p.stop(t, nil, 1)
+	if code := p.exitCode(t, sctpWait); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
 }
