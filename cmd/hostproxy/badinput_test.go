@@ -198,3 +198,19 @@ func TestNoNetHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestNoEncodingJSON: zapcore imports encoding/json for its own encoders,
+// which hostproxy does not use; the linker must drop the encoder (about
+// 200 KB of binary, nearly all of it resident in every process). The
+// package's init stays: imported packages are always initialised.
+func TestNoEncodingJSON(t *testing.T) {
+	gobin := testenv.RequireCommand(t, "go")
+	out, err := exec.Command(gobin, "tool", "nm", hostproxyBin(t)).Output()
+	if err != nil {
+		t.Fatalf("go tool nm: %v", err)
+	}
+	if i := bytes.Index(out, []byte(" encoding/json.(*encodeState)")); i >= 0 {
+		end := i + bytes.IndexByte(out[i:], '\n')
+		t.Errorf("the binary links encoding/json:%s", out[i:end])
+	}
+}

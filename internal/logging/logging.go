@@ -51,24 +51,12 @@ const (
 // NewWriter returns a Logger that writes entries at level and above to w,
 // encoded as format ("console" or "json").
 func NewWriter(w io.Writer, level zapcore.Level, format Format) (*Logger, error) {
-	cfg := zapcore.EncoderConfig{
-		TimeKey:        "ts",
-		LevelKey:       "level",
-		NameKey:        "logger",
-		MessageKey:     "msg",
-		StacktraceKey:  "", // never: one line per event
-		LineEnding:     zapcore.DefaultLineEnding,
-		EncodeLevel:    zapcore.LowercaseLevelEncoder,
-		EncodeTime:     zapcore.ISO8601TimeEncoder,
-		EncodeDuration: zapcore.StringDurationEncoder,
-		EncodeName:     zapcore.FullNameEncoder,
-	}
 	var enc zapcore.Encoder
 	switch format {
 	case FormatConsole, "":
-		enc = zapcore.NewConsoleEncoder(cfg)
+		enc = newLineEncoder(true)
 	case FormatJSON:
-		enc = zapcore.NewJSONEncoder(cfg)
+		enc = newLineEncoder(false)
 	default:
 		return nil, fmt.Errorf("unknown log format %q (want console or json)", format)
 	}
