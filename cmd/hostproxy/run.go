@@ -198,15 +198,25 @@ func (s *server) detachFilters() {
 // serve starts every proxy's Serve.
 func (s *server) serve() {
 	s.errc = make(chan error, len(s.proxies))
-	for i, p := range s.proxies {
-		go func() {
-			if err := p.Serve(context.Background()); err != nil {
-				s.errc <- fmt.Errorf("proxy %s: %w", s.names[i], err)
-				return
-			}
-			s.errc <- nil
-		}()
+	for i := range s.proxies {
+		go s.run(i)
 	}
+}
+
+// run serves proxy i and reports how it ended. Its frame is small, because
+// a goroutine per mapping idles in it (see tcp.Proxy's accept loop).
+func (s *server) run(i int) {
+	s.errc <- s.ended(i, s.proxies[i].Serve(context.Background()))
+}
+
+// ended names proxy i in err.
+//
+//go:noinline
+func (s *server) ended(i int, err error) error {
+	if err != nil {
+		return fmt.Errorf("proxy %s: %w", s.names[i], err)
+	}
+	return nil
 }
 
 // wait runs until a stop signal (exit 0) or until a proxy fails on its own

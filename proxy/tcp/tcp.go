@@ -163,25 +163,54 @@ func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
 // closes the proxy first. Serve returns proxy.ErrClosed if the proxy was
 // already closed, and an error if it is called twice.
 func (p *Proxy) Serve(ctx context.Context) error {
+	// Serve's own frame stays small, and the work before and after the
+	// accept loop out of line: see acceptLoop.
+	if err := p.beginServe(); err != nil {
+		return err
+	}
+	w := p.closeWhenDone(ctx)
+	err := p.acceptLoop()
+	p.endServe(err, w)
+	return err
+}
+
+// beginServe marks the proxy serving, or says why it cannot be.
+//
+//go:noinline
+func (p *Proxy) beginServe() error {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	switch {
 	case p.closed:
-		p.mu.Unlock()
 		return fmt.Errorf("serve tcp on %s: %w", p.Addr(), proxy.ErrClosed)
 	case p.serving:
-		p.mu.Unlock()
 		return fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
 	}
 	p.serving, p.accepting = true, true
-	p.mu.Unlock()
+	return nil
+}
 
-	closed := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(closed)
+// ctxWatch closes the proxy when Serve's context is done.
+type ctxWatch struct {
+	stop   func() bool
+	closed chan struct{} // closed once the context's Close has returned
+}
+
+//go:noinline
+func (p *Proxy) closeWhenDone(ctx context.Context) *ctxWatch {
+	w := &ctxWatch{closed: make(chan struct{})}
+	w.stop = context.AfterFunc(ctx, func() {
+		defer close(w.closed)
 		p.Close()
 	})
-	err := p.acceptLoop()
+	return w
+}
 
+// endServe runs when the accept loop has returned err: it waits for the
+// relayed connections and for a Close started by the context.
+//
+//go:noinline
+func (p *Proxy) endServe(err error, w *ctxWatch) {
 	p.mu.Lock()
 	p.accepting = false
 	p.signalIdle()
@@ -191,45 +220,70 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		p.Close()
 	}
 	p.handlers.Wait()
-	if !stop() {
-		<-closed // ctx fired: let its Close finish before returning
+	if !w.stop() {
+		<-w.closed // ctx fired: let its Close finish before returning
 	}
-	return err
 }
 
 // acceptLoop accepts until the listener is closed. It returns nil when the
 // proxy is stopping and an error when the listener is unusable.
+//
+// A range of mappings idles with one goroutine per listener parked in
+// AcceptTCP, so the loop keeps its frame small and its failure handling out
+// of line: with Serve's frame on top of Go's accept path, the goroutine fits
+// the 2 KiB stack it starts with (a 4 KiB one per mapping otherwise).
 func (p *Proxy) acceptLoop() error {
-	var (
-		backoff  proxy.Backoff
-		failures failureStreak
-	)
+	var st *acceptFailures // allocated at the first failure
 	for {
 		c, err := p.ln.AcceptTCP()
 		if err != nil {
-			if p.isStopping() {
-				return nil
+			if st == nil {
+				st = new(acceptFailures)
 			}
-			if !retryable(err) {
-				p.log.Error("accept failed; stopping", logging.Err(err))
-				return fmt.Errorf("accept tcp on %s: %w", p.Addr(), err)
-			}
-			if n := failures.fail(); n == 1 {
-				p.log.Warn("accept failed; backing off and retrying", logging.Err(err))
-			} else {
-				p.log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", n))
-			}
-			if !backoff.Sleep(p.stopping) {
-				return nil
+			if stop, err := p.acceptFailed(st, err); stop {
+				return err
 			}
 			continue
 		}
-		if n := failures.reset(); n > 0 {
-			backoff.Reset()
-			p.log.Info("accepting again", logging.Int64("failed_accepts", n))
+		if st != nil {
+			p.acceptedAgain(st)
+			st = nil
 		}
 		p.start(c)
 	}
+}
+
+// acceptFailures is the state of a streak of failed accepts.
+type acceptFailures struct {
+	backoff proxy.Backoff
+	n       int64
+}
+
+// acceptFailed handles a failed accept: it reports whether the loop must end,
+// with the error to return, after backing off when the failure is transient.
+//
+//go:noinline
+func (p *Proxy) acceptFailed(st *acceptFailures, err error) (bool, error) {
+	if p.isStopping() {
+		return true, nil
+	}
+	if !retryable(err) {
+		p.log.Error("accept failed; stopping", logging.Err(err))
+		return true, fmt.Errorf("accept tcp on %s: %w", p.Addr(), err)
+	}
+	if st.n++; st.n == 1 {
+		p.log.Warn("accept failed; backing off and retrying", logging.Err(err))
+	} else {
+		p.log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", st.n))
+	}
+	return !st.backoff.Sleep(p.stopping), nil
+}
+
+// acceptedAgain logs the end of a streak of failed accepts.
+//
+//go:noinline
+func (p *Proxy) acceptedAgain(st *acceptFailures) {
+	p.log.Info("accepting again", logging.Int64("failed_accepts", st.n))
 }
 
 // start registers c and relays it in a new goroutine, or resets it when the
