@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -372,14 +373,29 @@ func freePort(t testing.TB, ip netip.Addr) uint16 {
 	return freeRange(t, 1, ip)
 }
 
+// Test ports come from [portsLo, portsHi): below the kernel's ephemeral
+// range, where outgoing connections (and their TIME_WAIT) do not take ports,
+// and apart from the alloc package's tests (20000-29999), which run at the
+// same time under go test ./... .
+const portsLo, portsHi = 10000, 20000
+
+// nextPort is where freeRange looks next. Successive calls look at
+// successive windows, so that parallel tests never probe (and briefly hold)
+// each other's ports.
+var nextPort atomic.Uint32
+
+func init() { nextPort.Store(uint32(rand.IntN(portsHi - portsLo))) }
+
 // freeRange returns the first of n consecutive ports that were free for TCP
-// and UDP on every address of ips a moment ago. It looks below the kernel's
-// ephemeral range, where outgoing connections (and their TIME_WAIT) do not
-// take ports.
+// and UDP on every address of ips a moment ago.
 func freeRange(t testing.TB, n int, ips ...netip.Addr) uint16 {
 	t.Helper()
 	for try := 0; try < 50; try++ {
-		base := uint16(20000 + rand.IntN(12000))
+		off := (nextPort.Add(uint32(n)) - uint32(n)) % (portsHi - portsLo)
+		if off+uint32(n) > portsHi-portsLo {
+			continue // the window would wrap: take the next one
+		}
+		base := uint16(portsLo + off)
 		ok := true
 		var held []io.Closer
 		for p := base; p < base+uint16(n) && ok; p++ {
