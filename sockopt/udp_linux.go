@@ -44,6 +44,58 @@ func AppendUDPSegment(b []byte, size uint16) []byte {
 	return b
 }
 
+// UDPGROSpace is the room one received UDP_GRO control message takes.
+const UDPGROSpace = (cmsgHdrLen+cmsgAlign-1)&^(cmsgAlign-1) + (4+cmsgAlign-1)&^(cmsgAlign-1)
+
+// EnableUDPGRO turns on UDP generic receive offload (UDP_GRO, Linux 5.0+) on
+// the UDP socket f: the kernel may then hand a run of datagrams from one
+// sender, all of one size but the last, to one recvmsg as a single buffer,
+// with a UDP_GRO control message giving the size (see ParseUDPGRO). A kernel
+// without it returns an error wrapping ENOPROTOOPT, and then never
+// coalesces.
+func EnableUDPGRO(f *os.File) error {
+	return control(f, "UDP_GRO", EnableUDPGROFD)
+}
+
+// EnableUDPGROFD is EnableUDPGRO on a raw socket descriptor. Its error is
+// the bare errno.
+func EnableUDPGROFD(fd int) error {
+	return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+}
+
+// ParseUDPGRO finds the UDP_GRO message among the control messages oob (the
+// bytes a recvmsg returned) and returns the segment size it carries: the
+// received buffer is a run of datagrams of that size, the last possibly
+// shorter. ok is false when there is none (the buffer is one datagram) or
+// when the messages are malformed or cut; it never reads past oob.
+func ParseUDPGRO(oob []byte) (size int, ok bool) {
+	for len(oob) >= cmsgHdrLen {
+		var l uint64
+		if cmsgLenSize == 8 {
+			l = binary.NativeEndian.Uint64(oob)
+		} else {
+			l = uint64(binary.NativeEndian.Uint32(oob))
+		}
+		if l < uint64(cmsgHdrLen) || l > uint64(len(oob)) {
+			return 0, false
+		}
+		level := int32(binary.NativeEndian.Uint32(oob[cmsgLenSize:]))
+		typ := int32(binary.NativeEndian.Uint32(oob[cmsgLenSize+4:]))
+		if h := cmsgAlignUp(cmsgHdrLen); level == unix.IPPROTO_UDP && typ == unix.UDP_GRO && l >= uint64(h+4) {
+			if n := int(int32(binary.NativeEndian.Uint32(oob[h:]))); n > 0 {
+				return n, true
+			}
+			return 0, false
+		}
+		next := cmsgAlignUp(int(l))
+		if next >= len(oob) {
+			break
+		}
+		oob = oob[next:]
+	}
+	return 0, false
+}
+
 // IsGSOError reports whether err from a sendmsg carrying UDP_SEGMENT means
 // the segmented send itself is refused (EIO: the device cannot checksum;
 // EINVAL: a segment does not fit the path MTU, or too many segments), so the

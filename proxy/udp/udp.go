@@ -12,9 +12,14 @@
 // socket and every flow socket, reads with recvmmsg into a fixed set of
 // 64 KiB buffers (32 per direction) and writes with sendmmsg, coalescing runs
 // of same-size datagrams for one destination with UDP GSO (UDP_SEGMENT)
-// where the kernel has it; HOSTPROXY_UDP_GSO=0 turns GSO off. The steady
-// state allocates nothing per datagram, and an idle flow costs its socket
-// and about 330 bytes of heap (BenchmarkIdleFlow).
+// where the kernel has it; HOSTPROXY_UDP_GSO=0 turns GSO off. The host
+// socket and the flow sockets have UDP GRO (UDP_GRO) on where the kernel has
+// it, so a run a client or the backend sent with GSO arrives as one buffer,
+// which is split into its datagrams and goes on as GSO runs again;
+// HOSTPROXY_UDP_GRO=0 turns GRO off, and without it the kernel splits such
+// runs on arrival. The steady state allocates nothing per datagram, and an
+// idle flow costs its socket and about 330 bytes of heap
+// (BenchmarkIdleFlow).
 //
 // Flows expire after IdleTimeout without a datagram in either direction (a
 // client that keeps sending keeps its flow, whether the backend answers or

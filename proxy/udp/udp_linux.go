@@ -34,6 +34,9 @@ const (
 	// hostRcvBuf is the receive buffer the host socket is raised to (the
 	// kernel caps it at net.core.rmem_max), to ride out bursts.
 	hostRcvBuf = 4 << 20
+	// flowRcvBuf is the receive buffer of a flow socket (capped by
+	// net.core.rmem_max), for a backend's bursts of replies.
+	flowRcvBuf = 1 << 20
 	// logEvery is the minimum interval between two log lines of one kind.
 	logEvery = 10 * time.Second
 
@@ -48,6 +51,12 @@ const (
 	ctlSize = sockopt.PktinfoSpace + sockopt.UDPSegmentSpace
 	// gsoEnv set to 0 turns UDP GSO off.
 	gsoEnv = "HOSTPROXY_UDP_GSO"
+	// groEnv set to 0 turns UDP GRO off.
+	groEnv = "HOSTPROXY_UDP_GRO"
+	// sendMax is the number of datagrams one send call takes at most: a
+	// batch of coalesced (UDP GRO) buffers is split into datagrams and sent
+	// in runs of this many.
+	sendMax = 4 * gsoMaxSegments
 )
 
 // epoll tokens (EpollEvent.Fd): the host socket, the wake-up eventfd, then
@@ -89,17 +98,23 @@ type batch struct {
 	names [][sizeofName]byte
 	oobs  [][oobSize]byte
 	flows []*flow
+	segs  []int // UDP GRO segment size of each buffer; 0: one datagram
 }
 
-func newBatch(withAddr bool) batch {
+// newBatch makes a batch; withAddr gives each slot room for the sender's
+// address, withCtl room for control messages.
+func newBatch(withAddr, withCtl bool) batch {
 	b := batch{
 		hdrs:  make([]unix.Mmsghdr, batchSize),
 		iovs:  make([]unix.Iovec, batchSize),
 		flows: make([]*flow, batchSize),
+		segs:  make([]int, batchSize),
 	}
 	slab := make([]byte, batchSize*MaxDatagram)
 	if withAddr {
 		b.names = make([][sizeofName]byte, batchSize)
+	}
+	if withCtl {
 		b.oobs = make([][oobSize]byte, batchSize)
 	}
 	for i := range b.hdrs {
@@ -111,11 +126,24 @@ func newBatch(withAddr bool) batch {
 		if withAddr {
 			h.Name = &b.names[i][0]
 			h.Namelen = sizeofName
+		}
+		if withCtl {
 			h.Control = &b.oobs[i][0]
 			h.SetControllen(oobSize)
 		}
 	}
 	return b
+}
+
+// segments reports how a received buffer of size bytes with UDP GRO
+// segment size seg (0: none) splits into datagrams: each of step bytes but
+// the last. A buffer that is not coalesced is one datagram (step == size,
+// which may be 0).
+func segments(size, seg int) (step int) {
+	if seg <= 0 || seg >= size {
+		return size
+	}
+	return seg
 }
 
 // Proxy is a UDP relay. Create it with New.
@@ -158,6 +186,8 @@ type Proxy struct {
 	rep        batch // backend → client
 	rn         int   // slots of rep filled, waiting for flushReplies
 	gso        bool  // UDP_SEGMENT works; turned off for good on EIO
+	gro        bool  // UDP_GRO is on on the host socket
+	flowGRO    bool  // UDP_GRO is turned on on new flow sockets
 	scratch          // send-side buffers
 
 	evictLog, truncLog, sendLog, flowLog, readLog limiter
@@ -174,6 +204,7 @@ type counters struct {
 	created, expired, evicted, failed                  atomic.Uint64
 	toBackend, toClient, bytesToBackend, bytesToClient atomic.Uint64
 	truncated, refused, dropped, rejected              atomic.Uint64
+	coalesced                                          atomic.Uint64 // UDP GRO buffers received
 }
 
 // New returns a relay that serves the bound UDP socket f and sends to
@@ -243,6 +274,12 @@ func (p *Proxy) open(f *os.File) error {
 	}
 	if n, err := unix.GetsockoptInt(p.hostFD, unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil && n < hostRcvBuf {
 		_ = unix.SetsockoptInt(p.hostFD, unix.SOL_SOCKET, unix.SO_RCVBUF, hostRcvBuf) // best effort
+	}
+	// UDP GRO where the kernel has it (5.0+): a client's run of datagrams
+	// sent with GSO arrives as one buffer, to be split here, and goes on
+	// as one GSO send. Without it the kernel splits the run on arrival.
+	if os.Getenv(groEnv) != "0" && sockopt.EnableUDPGROFD(p.hostFD) == nil {
+		p.gro, p.flowGRO = true, true
 	}
 	if p.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		p.epfd = -1
@@ -408,8 +445,8 @@ func (p *Proxy) init() {
 	p.flows = make(map[flowKey]*flow)
 	p.events = make([]unix.EpollEvent, batchSize)
 	p.pollFn = p.poll
-	p.in = newBatch(true)
-	p.rep = newBatch(false)
+	p.in = newBatch(true, true)
+	p.rep = newBatch(false, true)
 	p.scratch = newScratch()
 }
 
@@ -428,13 +465,13 @@ type scratch struct {
 
 func newScratch() scratch {
 	return scratch{
-		fwd:      make([]unix.Iovec, batchSize),
-		fwdFlows: make([]*flow, batchSize),
-		sizes:    make([]int, batchSize),
-		groups:   make([]group, 0, batchSize),
-		hdrs:     make([]unix.Mmsghdr, batchSize),
-		iovs:     make([]unix.Iovec, batchSize),
-		ctls:     make([][ctlSize]byte, batchSize),
+		fwd:      make([]unix.Iovec, sendMax),
+		fwdFlows: make([]*flow, sendMax),
+		sizes:    make([]int, sendMax),
+		groups:   make([]group, 0, sendMax),
+		hdrs:     make([]unix.Mmsghdr, sendMax),
+		iovs:     make([]unix.Iovec, sendMax),
+		ctls:     make([][ctlSize]byte, sendMax),
 	}
 }
 
@@ -547,7 +584,13 @@ func (p *Proxy) route(n int, now int64) {
 			p.st.dropped.Add(1)
 			continue
 		}
-		pi, _ := sockopt.ParsePktinfo(b.oobs[i][:min(int(h.Hdr.Controllen), oobSize)])
+		oob := b.oobs[i][:min(int(h.Hdr.Controllen), oobSize)]
+		pi, _ := sockopt.ParsePktinfo(oob)
+		b.segs[i] = 0
+		if seg, ok := sockopt.ParseUDPGRO(oob); ok {
+			b.segs[i] = seg
+			p.st.coalesced.Add(1)
+		}
 		key := flowKey{client: client, scope: scope, local: pi.Dst}
 		f := p.flows[key]
 		if f == nil {
@@ -574,9 +617,20 @@ func (p *Proxy) route(n int, now int64) {
 				continue
 			}
 			b.flows[j] = nil
-			p.fwd[m].Base = b.iovs[j].Base
-			p.fwd[m].SetLen(int(b.hdrs[j].Len))
-			m++
+			size := int(b.hdrs[j].Len)
+			step := segments(size, b.segs[j])
+			for off := 0; ; off += step {
+				if m == len(p.fwd) {
+					p.toBackend(f, p.fwd[:m], now)
+					m = 0
+				}
+				p.fwd[m].Base = (*byte)(unsafe.Add(unsafe.Pointer(b.iovs[j].Base), off))
+				p.fwd[m].SetLen(min(step, size-off))
+				m++
+				if off+step >= size {
+					break
+				}
+			}
 		}
 		p.toBackend(f, p.fwd[:m], now)
 	}
@@ -706,6 +760,9 @@ func (p *Proxy) fromBackend(slot int32, now int64) {
 			p.flushReplies()
 		}
 		free := p.rep.hdrs[p.rn:]
+		for k := range free {
+			free[k].Hdr.SetControllen(oobSize)
+		}
 		n, errno := mmsg(unix.SYS_RECVMMSG, f.fd, free)
 		switch errno {
 		case 0:
@@ -733,11 +790,17 @@ func (p *Proxy) fromBackend(slot int32, now int64) {
 				p.truncated("backend", now)
 				continue
 			}
+			// A flow socket with UDP_GRO on may hand over a coalesced run.
+			seg, ok := sockopt.ParseUDPGRO(p.rep.oobs[k][:min(int(p.rep.hdrs[k].Hdr.Controllen), oobSize)])
+			if ok {
+				p.st.coalesced.Add(1)
+			}
 			if k != w {
 				p.rep.iovs[k], p.rep.iovs[w] = p.rep.iovs[w], p.rep.iovs[k]
 			}
 			p.rep.iovs[w].SetLen(int(size))
 			p.rep.flows[w] = f
+			p.rep.segs[w] = seg
 			w++
 		}
 		p.rn = w
@@ -748,12 +811,32 @@ func (p *Proxy) fromBackend(slot int32, now int64) {
 }
 
 // flushReplies sends the replies gathered in p.rep from the host socket,
-// then readies p.rep for reading again.
+// splitting coalesced buffers into datagrams, then readies p.rep for reading
+// again.
 func (p *Proxy) flushReplies() {
 	if p.rn == 0 {
 		return
 	}
-	p.send(p.hostFD, p.rep.iovs[:p.rn], p.rep.flows[:p.rn], true, p.gso, p.now())
+	now := p.now()
+	m := 0
+	for k := range p.rep.iovs[:p.rn] {
+		size := int(p.rep.iovs[k].Len)
+		step := segments(size, p.rep.segs[k])
+		for off := 0; ; off += step {
+			if m == len(p.fwd) {
+				p.send(p.hostFD, p.fwd[:m], p.fwdFlows[:m], true, p.gso, now)
+				m = 0
+			}
+			p.fwd[m].Base = (*byte)(unsafe.Add(unsafe.Pointer(p.rep.iovs[k].Base), off))
+			p.fwd[m].SetLen(min(step, size-off))
+			p.fwdFlows[m] = p.rep.flows[k]
+			m++
+			if off+step >= size {
+				break
+			}
+		}
+	}
+	p.send(p.hostFD, p.fwd[:m], p.fwdFlows[:m], true, p.gso, now)
 	for k := range p.rep.iovs[:p.rn] {
 		p.rep.iovs[k].SetLen(MaxDatagram)
 		p.rep.flows[k] = nil
@@ -838,6 +921,10 @@ func (p *Proxy) dialBackend() (int, error) {
 	if err := unix.Connect(fd, p.bsa); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("connect %s/udp: %w", p.backend, err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, flowRcvBuf) // best effort
+	if p.flowGRO && sockopt.EnableUDPGROFD(fd) != nil {
+		p.flowGRO = false // the backend's GSO runs get split by the kernel
 	}
 	return fd, nil
 }
