@@ -61,21 +61,10 @@ func EnablePktinfo(f *os.File) error {
 // message yields ok == false, and the caller lets the kernel choose the
 // source of its reply.
 func ParsePktinfo(oob []byte) (pi Pktinfo, ok bool) {
-	for len(oob) >= cmsgHdrLen {
-		var l uint64
-		if cmsgLenSize == 8 {
-			l = binary.NativeEndian.Uint64(oob)
-		} else {
-			l = uint64(binary.NativeEndian.Uint32(oob))
-		}
-		if l < uint64(cmsgHdrLen) || l > uint64(len(oob)) {
+	for len(oob) > 0 {
+		level, typ, data, rest, ok := nextCmsg(oob)
+		if !ok {
 			return Pktinfo{}, false // malformed or cut (MSG_CTRUNC)
-		}
-		level := int32(binary.NativeEndian.Uint32(oob[cmsgLenSize:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[cmsgLenSize+4:]))
-		var data []byte
-		if h := cmsgAlignUp(cmsgHdrLen); uint64(h) <= l {
-			data = oob[h:l]
 		}
 		switch {
 		case level == unix.IPPROTO_IP && typ == unix.IP_PKTINFO && len(data) >= sizeofInPktinfo:
@@ -89,13 +78,38 @@ func ParsePktinfo(oob []byte) (pi Pktinfo, ok bool) {
 			pi.Ifindex = binary.NativeEndian.Uint32(data[16:])
 			return pi, true
 		}
-		next := cmsgAlignUp(int(l))
-		if next >= len(oob) {
-			break
-		}
-		oob = oob[next:]
+		oob = rest
 	}
 	return Pktinfo{}, false
+}
+
+// nextCmsg splits the first control message off oob (bytes a recvmsg
+// returned): its level, type and data, and the messages after it. ok is
+// false when oob does not start with a whole message: too short, cut by
+// MSG_CTRUNC, or with a length below its own header. It never reads past
+// oob.
+func nextCmsg(oob []byte) (level, typ int32, data, rest []byte, ok bool) {
+	if len(oob) < cmsgHdrLen {
+		return 0, 0, nil, nil, false
+	}
+	var l uint64
+	if cmsgLenSize == 8 {
+		l = binary.NativeEndian.Uint64(oob)
+	} else {
+		l = uint64(binary.NativeEndian.Uint32(oob))
+	}
+	if l < uint64(cmsgHdrLen) || l > uint64(len(oob)) {
+		return 0, 0, nil, nil, false
+	}
+	level = int32(binary.NativeEndian.Uint32(oob[cmsgLenSize:]))
+	typ = int32(binary.NativeEndian.Uint32(oob[cmsgLenSize+4:]))
+	if h := cmsgAlignUp(cmsgHdrLen); uint64(h) <= l {
+		data = oob[h:l]
+	}
+	if next := cmsgAlignUp(int(l)); next < len(oob) {
+		rest = oob[next:]
+	}
+	return level, typ, data, rest, true
 }
 
 // AppendPktinfo appends to b the control message that makes sendmsg on a

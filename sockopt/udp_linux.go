@@ -69,29 +69,18 @@ func EnableUDPGROFD(fd int) error {
 // shorter. ok is false when there is none (the buffer is one datagram) or
 // when the messages are malformed or cut; it never reads past oob.
 func ParseUDPGRO(oob []byte) (size int, ok bool) {
-	for len(oob) >= cmsgHdrLen {
-		var l uint64
-		if cmsgLenSize == 8 {
-			l = binary.NativeEndian.Uint64(oob)
-		} else {
-			l = uint64(binary.NativeEndian.Uint32(oob))
-		}
-		if l < uint64(cmsgHdrLen) || l > uint64(len(oob)) {
+	for len(oob) > 0 {
+		level, typ, data, rest, ok := nextCmsg(oob)
+		if !ok {
 			return 0, false
 		}
-		level := int32(binary.NativeEndian.Uint32(oob[cmsgLenSize:]))
-		typ := int32(binary.NativeEndian.Uint32(oob[cmsgLenSize+4:]))
-		if h := cmsgAlignUp(cmsgHdrLen); level == unix.IPPROTO_UDP && typ == unix.UDP_GRO && l >= uint64(h+4) {
-			if n := int(int32(binary.NativeEndian.Uint32(oob[h:]))); n > 0 {
+		if level == unix.IPPROTO_UDP && typ == unix.UDP_GRO && len(data) >= 4 {
+			if n := int(int32(binary.NativeEndian.Uint32(data))); n > 0 {
 				return n, true
 			}
 			return 0, false
 		}
-		next := cmsgAlignUp(int(l))
-		if next >= len(oob) {
-			break
-		}
-		oob = oob[next:]
+		oob = rest
 	}
 	return 0, false
 }
