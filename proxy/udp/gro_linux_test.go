@@ -8,7 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
 	"unsafe"
 
 	"golang.org/x/sys/unix"
