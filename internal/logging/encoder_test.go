@@ -1,6 +1,7 @@
 package logging
 
 import (
+	"bytes"
 	"errors"
 	"math"
 	"net/netip"
@@ -88,6 +89,36 @@ func TestEncoderMatchesZap(t *testing.T) {
 			if got, want := gb.String(), wb.String(); got != want {
 				t.Errorf("%s (console %t):\n got %s\nwant %s", name, console, got, want)
 			}
+		}
+	}
+}
+
+// TestEncoderWithMatchesZap covers zapcore.Core.With, which clones the
+// encoder with fields (and a namespace) already added, then writes entries
+// with more fields: the clone must not share state with its source.
+func TestEncoderWithMatchesZap(t *testing.T) {
+	ent := zapcore.Entry{Level: zapcore.ErrorLevel, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Message: "m"}
+	with := []zapcore.Field{String("proto", "udp"), {Key: "ns", Type: zapcore.NamespaceType}, Int("n", 1)}
+	for _, console := range []bool{false, true} {
+		var zapEnc zapcore.Encoder = zapcore.NewJSONEncoder(zapConfig)
+		if console {
+			zapEnc = zapcore.NewConsoleEncoder(zapConfig)
+		}
+		var got, want bytes.Buffer
+		for _, c := range []struct {
+			enc zapcore.Encoder
+			out *bytes.Buffer
+		}{{newLineEncoder(console), &got}, {zapEnc, &want}} {
+			core := zapcore.NewCore(c.enc, zapcore.AddSync(c.out), zapcore.DebugLevel).With(with)
+			if err := core.Write(ent, []zapcore.Field{String("a", "1")}); err != nil {
+				t.Fatal(err)
+			}
+			if err := core.Write(ent, []zapcore.Field{String("b", "2")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got.String() != want.String() {
+			t.Errorf("console %t:\n got %s\nwant %s", console, got.String(), want.String())
 		}
 	}
 }
