@@ -129,13 +129,22 @@ func TestSCTPBindSilentUntilDetached(t *testing.T) {
 	}
 	a.Release(sockopt.TCP, []netip.Addr{sctpLo4}, port)
 
-	// Closing the binding releases the port.
+	// Closing the binding releases the port: in the allocator at once, in
+	// the kernel once the probes' associations are torn down (the kernel
+	// frees a closed SCTP endpoint asynchronously, so a bind right after
+	// close can still see EADDRINUSE).
 	if err := b.Close(); err != nil {
 		t.Fatalf("Binding.Close: %v", err)
 	}
-	b2, err := a.Bind(alloc.Request{Proto: sockopt.SCTP, Addrs: addrs, Range: exact}, sockopt.Options{})
-	if err != nil {
-		t.Fatalf("Bind of the released port %d: %v", exact.First, err)
+	var b2 *alloc.Binding
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b2, err = a.Bind(alloc.Request{Proto: sockopt.SCTP, Addrs: addrs, Range: exact}, sockopt.Options{})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EADDRINUSE) || time.Now().After(deadline) {
+			t.Fatalf("Bind of the released port %d: %v", exact.First, err)
+		}
 	}
 	defer b2.Close()
 	sctpCheckFile(t, b2.Files[0], netip.AddrPortFrom(sctpLo4, exact.First))
