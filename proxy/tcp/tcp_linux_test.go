@@ -257,9 +257,10 @@ func nextLine(t testing.TB, lines <-chan string, prefix string) string {
 }
 
 // startChild runs this test binary in a child mode with extra environment;
-// the child stops when its stdin closes. Cleanup closes stdin, waits for a
-// clean exit (killing the child after waitFor) and logs its stderr.
-func startChild(t testing.TB, argv0 string, args []string, env ...string) <-chan string {
+// the child stops when its stdin closes. stop (also run by Cleanup) closes
+// stdin, waits for a clean exit (killing the child after waitFor) and logs
+// its stderr.
+func startChild(t testing.TB, argv0 string, args []string, env ...string) (lines <-chan string, stop func()) {
 	t.Helper()
 	cmd := exec.Command(argv0, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -276,8 +277,8 @@ func startChild(t testing.TB, argv0 string, args []string, env ...string) <-chan
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", argv0, err)
 	}
-	lines := lineReader(stdout)
-	t.Cleanup(func() {
+	lines = lineReader(stdout)
+	stop = sync.OnceFunc(func() {
 		stdin.Close()
 		exited := make(chan error, 1)
 		go func() {
@@ -296,7 +297,8 @@ func startChild(t testing.TB, argv0 string, args []string, env ...string) <-chan
 			t.Errorf("child did not exit; killed it\nstderr:\n%s", stderr.String())
 		}
 	})
-	return lines
+	t.Cleanup(stop)
+	return lines, stop
 }
 
 // TestEMFILERecovery floods a proxy running with a low RLIMIT_NOFILE until
@@ -304,7 +306,7 @@ func startChild(t testing.TB, argv0 string, args []string, env ...string) <-chan
 // flood's connections are gone.
 func TestEMFILERecovery(t *testing.T) {
 	_, be := newBackend(t, echo)
-	lines := startChild(t, os.Args[0], []string{"-test.run=^$"}, childEnv+"=emfile", "HOSTPROXY_TCP_BACKEND="+be.String())
+	lines, _ := startChild(t, os.Args[0], []string{"-test.run=^$"}, childEnv+"=emfile", "HOSTPROXY_TCP_BACKEND="+be.String())
 	addr, err := netip.ParseAddrPort(nextLine(t, lines, "listen "))
 	if err != nil {
 		t.Fatal(err)
@@ -479,12 +481,13 @@ func (s *emfileSpotter) Write(e zapcore.Entry, fields []zapcore.Field) error {
 func TestRelayUsesSplice(t *testing.T) {
 	strace := testenv.RequireCommand(t, "strace")
 	out := t.TempDir() + "/strace.out"
-	lines := startChild(t, strace, []string{"-f", "-qq", "-e", "trace=splice", "-o", out, os.Args[0], "-test.run=^$"}, childEnv+"=splice")
+	lines, stop := startChild(t, strace, []string{"-f", "-qq", "-e", "trace=splice", "-o", out, os.Args[0], "-test.run=^$"}, childEnv+"=splice")
 	n, err := strconv.ParseInt(nextLine(t, lines, "relayed "), 10, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nextLine(t, lines, "done")
+	stop() // strace writes its last lines when the child exits
 
 	b, err := os.ReadFile(out)
 	if err != nil {
