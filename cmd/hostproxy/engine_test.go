@@ -238,11 +238,20 @@ func TestAllocateRange(t *testing.T) {
 			}
 			t.Parallel()
 			backend := tcpEcho(t, f.ip, 0, "backend:")
-			base := freeRange(t, 3, f.ip)
-			// Another process (here: the test) holds the first port.
-			taken, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.ip, base)))
-			if err != nil {
-				t.Fatal(err)
+			// Another process (here: the test) holds the first port. It is
+			// bound, not just found free, before the range is used: another
+			// process may take a port found free a moment ago.
+			var (
+				base  uint16
+				taken *net.TCPListener
+				err   error
+			)
+			for try := 1; taken == nil; try++ {
+				base = freeRange(t, 3, f.ip)
+				taken, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.ip, base)))
+				if err != nil && try == 10 {
+					t.Fatal(err)
+				}
 			}
 			defer taken.Close()
 			p := start(t, spawn{}, "-proto", "tcp", "-host-ip", f.ip.String(),

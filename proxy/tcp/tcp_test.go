@@ -474,6 +474,23 @@ func TestShutdownDrains(t *testing.T) {
 	b := accepted(t, conns)
 	roundTripVia(t, c, b)
 
+	// A probe below that connects before the listener closes is relayed like
+	// any connection, and Shutdown rightly waits for it: its backend side is
+	// closed here, so that it ends.
+	stopDrain, drained := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(drained)
+		for {
+			select {
+			case extra := <-conns:
+				extra.Close()
+			case <-stopDrain:
+				return
+			}
+		}
+	}()
+	defer func() { close(stopDrain); <-drained }()
+
 	done := make(chan error, 1)
 	go func() { done <- p.Shutdown(context.Background()) }()
 
