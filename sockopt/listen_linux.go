@@ -245,6 +245,12 @@ func Inspect(f *os.File) (Info, error) {
 	switch {
 	case info.Type == unix.SOCK_STREAM && info.Protocol == unix.IPPROTO_TCP:
 		info.Proto = TCP
+	case info.Type == unix.SOCK_STREAM && info.Protocol == unix.IPPROTO_MPTCP:
+		// Go 1.24+ listeners (net.Listen, net.ListenTCP) are Multipath TCP
+		// where the kernel has it, so an engine written in Go may pass one
+		// on fd 4. To its peers it is a TCP listener (plain TCP clients
+		// fall back to TCP), and the TCP relay serves it as one.
+		info.Proto = TCP
 	case info.Type == unix.SOCK_DGRAM && info.Protocol == unix.IPPROTO_UDP:
 		info.Proto = UDP
 	case (info.Type == unix.SOCK_STREAM || info.Type == unix.SOCK_SEQPACKET) && info.Protocol == unix.IPPROTO_SCTP:

@@ -282,3 +282,25 @@ func TestListenBacklog(t *testing.T) {
 		t.Errorf("backlog of %s is %s, want net.core.somaxconn = %s", info.Local, fields[2], want)
 	}
 }
+
+// TestInspectMPTCP: a listening Multipath TCP socket, what Go 1.24+'s
+// net.Listen makes where the kernel has MPTCP, is inspected as TCP.
+func TestInspectMPTCP(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_MPTCP)
+	testenv.Require(t, err == nil, fmt.Sprintf("needs Multipath TCP (net.mptcp.enabled): %v", err))
+	f := os.NewFile(uintptr(fd), "mptcp")
+	t.Cleanup(func() { f.Close() })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: loop4.As4()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 8); err != nil {
+		t.Fatal(err)
+	}
+	info, err := sockopt.Inspect(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Proto != sockopt.TCP || !info.Listening || info.Protocol != unix.IPPROTO_MPTCP || info.Local.Addr() != loop4 {
+		t.Fatalf("Inspect = %+v, want a listening TCP socket (protocol MPTCP) on %s", info, loop4)
+	}
+}
