@@ -65,9 +65,11 @@ func TestCompatBinds(t *testing.T) {
 				}
 				t.Parallel()
 				backend := echo(t, proto, m.container, 0, "backend:")
-				host := netip.AddrPortFrom(m.host, freePort(t, m.host))
-				p := start(t, spawn{}, engineArgs(proto, host, backend)...)
-				p.ready(t, "0\n")
+				var host netip.AddrPort
+				p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+					host = netip.AddrPortFrom(m.host, freePort(t, m.host))
+					return engineArgs(proto, host, backend), "0\n"
+				})
 				check(t, proto, host, "backend:")
 				check(t, proto, host, "backend:")
 				sig := syscall.SIGTERM
@@ -146,11 +148,12 @@ func TestStderrClosedPipe(t *testing.T) {
 	}
 	r.Close()
 	dead := netip.AddrPortFrom(lo4, freePort(t, lo4)) // nothing listens: every dial fails
-	host := netip.AddrPortFrom(lo4, freePort(t, lo4))
-	args := append(engineArgs("tcp", host, dead), "-log-level", "debug", "-dial-timeout", "1s")
-	p := start(t, spawn{stderr: w}, args...)
+	var host netip.AddrPort
+	p := startOnFreePorts(t, spawn{stderr: w}, func() ([]string, string) {
+		host = netip.AddrPortFrom(lo4, freePort(t, lo4))
+		return append(engineArgs("tcp", host, dead), "-log-level", "debug", "-dial-timeout", "1s"), "0\n"
+	})
 	w.Close()
-	p.ready(t, "0\n")
 	for i := 0; i < 3; i++ { // each refused backend is logged
 		c, err := net.DialTimeout("tcp", host.String(), wait)
 		if err != nil {
@@ -280,11 +283,14 @@ func TestAllocateRangeEach(t *testing.T) {
 				}
 				t.Parallel()
 				cbase := echoRange(t, proto, m.container, n)
-				hbase := freeRange(t, n, m.host)
-				p := start(t, spawn{}, "-proto", proto, "-host-ip", m.host.String(),
-					"-host-port", fmt.Sprintf("%d-%d", hbase, hbase+n-1),
-					"-container-ip", m.container.String(), "-container-port", fmt.Sprintf("%d-%d", cbase, cbase+n-1))
-				p.ready(t, fmt.Sprintf("0\n%d-%d\n", hbase, hbase+n-1))
+				var hbase uint16
+				p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+					hbase = freeRange(t, n, m.host)
+					return []string{"-proto", proto, "-host-ip", m.host.String(),
+						"-host-port", fmt.Sprintf("%d-%d", hbase, hbase+n-1),
+						"-container-ip", m.container.String(), "-container-port", fmt.Sprintf("%d-%d", cbase, cbase+n-1),
+					}, fmt.Sprintf("0\n%d-%d\n", hbase, hbase+n-1)
+				})
 				for i := uint16(0); i < n; i++ {
 					check(t, proto, netip.AddrPortFrom(m.host, hbase+i), fmt.Sprintf("backend %d:", cbase+i))
 				}

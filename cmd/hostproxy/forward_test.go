@@ -23,18 +23,20 @@ func TestForwarder(t *testing.T) {
 	u4 := udpEcho(t, lo4, 0, "u4:")
 	rbase := echoRange(t, "tcp", lo4, 2)
 
-	p1, p2, p3, p4 := freePort(t, lo4), freePort(t, lo6), freePort(t, lo4), freePort(t, lo4)
-	lbase := freeRange(t, 2, lo4)
-	p := start(t, spawn{},
-		"-L", fmt.Sprintf("127.0.0.1:%d:%s", p1, b4),
-		"-L", fmt.Sprintf("[::1]:%d:[::1]:%d/tcp", p2, b6.Port()),
-		"-L", fmt.Sprintf("%d:localhost:%d", p3, b4.Port()), // default bind; name resolved to 127.0.0.1
-		"-L", fmt.Sprintf("127.0.0.1:%d:%s/udp", p4, u4),
-		"-L", fmt.Sprintf("127.0.0.1:%d-%d:127.0.0.1:%d-%d", lbase, lbase+1, rbase, rbase+1),
-		"-drain-timeout", "1s", // an open UDP flow drains until the timeout
-	)
+	var p1, p2, p3, p4, lbase uint16
 	// fd 3 is a pipe here: the forwarder reports readiness on it (see README).
-	p.ready(t, "0\n")
+	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+		p1, p2, p3, p4 = freePort(t, lo4), freePort(t, lo6), freePort(t, lo4), freePort(t, lo4)
+		lbase = freeRange(t, 2, lo4)
+		return []string{
+			"-L", fmt.Sprintf("127.0.0.1:%d:%s", p1, b4),
+			"-L", fmt.Sprintf("[::1]:%d:[::1]:%d/tcp", p2, b6.Port()),
+			"-L", fmt.Sprintf("%d:localhost:%d", p3, b4.Port()), // default bind; name resolved to 127.0.0.1
+			"-L", fmt.Sprintf("127.0.0.1:%d:%s/udp", p4, u4),
+			"-L", fmt.Sprintf("127.0.0.1:%d-%d:127.0.0.1:%d-%d", lbase, lbase+1, rbase, rbase+1),
+			"-drain-timeout", "1s", // an open UDP flow drains until the timeout
+		}, "0\n"
+	})
 	checkTCP(t, netip.AddrPortFrom(lo4, p1), "b4:")
 	checkTCP(t, netip.AddrPortFrom(lo6, p2), "b6:")
 	checkTCP(t, netip.AddrPortFrom(lo4, p3), "b4:")
@@ -52,9 +54,11 @@ func TestForwarderLoopbackOnly(t *testing.T) {
 	ext := nonLoopbackIPv4(t)
 	t.Parallel()
 	b := tcpEcho(t, lo4, 0, "b:")
-	port, exposed := freePort(t, lo4), freePort(t, lo4)
-	p := start(t, spawn{}, "-L", fmt.Sprintf("%d:%s", port, b), "-L", fmt.Sprintf("0.0.0.0:%d:%s", exposed, b))
-	p.ready(t, "0\n")
+	var port, exposed uint16
+	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+		port, exposed = freePort(t, lo4), freePort(t, lo4)
+		return []string{"-L", fmt.Sprintf("%d:%s", port, b), "-L", fmt.Sprintf("0.0.0.0:%d:%s", exposed, b)}, "0\n"
+	})
 	if c, err := net.DialTimeout("tcp", netip.AddrPortFrom(ext, port).String(), wait); err == nil {
 		c.Close()
 		t.Fatalf("mapping without BIND reachable on %s", ext)
@@ -152,10 +156,12 @@ func waitTCP(t *testing.T, p *proc, addr netip.AddrPort, tag string) {
 func TestForwarderDrain(t *testing.T) {
 	t.Parallel()
 	b := tcpEcho(t, lo4, 0, "b:")
-	port := freePort(t, lo4)
+	var port uint16
+	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+		port = freePort(t, lo4)
+		return []string{"-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b), "-drain-timeout", "30s"}, "0\n"
+	})
 	addr := netip.AddrPortFrom(lo4, port)
-	p := start(t, spawn{}, "-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b), "-drain-timeout", "30s")
-	p.ready(t, "0\n")
 	c := openConn(t, addr, "b:")
 	p.signal(t, syscall.SIGTERM)
 	// New connections are refused (the listener is closed) ...
@@ -178,10 +184,12 @@ func TestForwarderDrain(t *testing.T) {
 func TestForwarderSecondSignal(t *testing.T) {
 	t.Parallel()
 	b := tcpEcho(t, lo4, 0, "b:")
-	port := freePort(t, lo4)
+	var port uint16
+	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+		port = freePort(t, lo4)
+		return []string{"-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b), "-drain-timeout", "1m"}, "0\n"
+	})
 	addr := netip.AddrPortFrom(lo4, port)
-	p := start(t, spawn{}, "-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b), "-drain-timeout", "1m")
-	p.ready(t, "0\n")
 	c := openConn(t, addr, "b:")
 	defer c.Close()
 	p.signal(t, syscall.SIGTERM)
@@ -204,9 +212,11 @@ func TestForwarderSecondSignal(t *testing.T) {
 func TestForwarderDrainTimeout(t *testing.T) {
 	t.Parallel()
 	b := tcpEcho(t, lo4, 0, "b:")
-	port := freePort(t, lo4)
-	p := start(t, spawn{}, "-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b), "-drain-timeout", "200ms")
-	p.ready(t, "0\n")
+	var port uint16
+	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+		port = freePort(t, lo4)
+		return []string{"-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b), "-drain-timeout", "200ms"}, "0\n"
+	})
 	c := openConn(t, netip.AddrPortFrom(lo4, port), "b:")
 	defer c.Close()
 	p.signal(t, syscall.SIGINT)

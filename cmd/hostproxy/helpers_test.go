@@ -194,6 +194,29 @@ func (p *proc) ready(t *testing.T, want string) {
 	}
 }
 
+// startOnFreePorts spawns hostproxy with the arguments try returns and reads
+// the status try expects from fd 3. try picks its ports with freePort or
+// freeRange, and a port found free can be bound by another process before
+// hostproxy binds it: when hostproxy reports "address already in use", try
+// picks again and hostproxy is spawned anew, up to 5 times.
+func startOnFreePorts(t *testing.T, sp spawn, try func() (args []string, want string)) *proc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		args, want := try()
+		p := start(t, sp, args...)
+		got := p.readStatus(t)
+		if got == want {
+			return p
+		}
+		if attempt == 5 || !strings.Contains(got, "address already in use") {
+			t.Fatalf("fd 3: %q, want %q; stderr: %s", got, want, p.stderr)
+		}
+		if code := p.exitCode(t, wait); code != 1 {
+			t.Fatalf("hostproxy exited %d after a failed start, want 1", code)
+		}
+	}
+}
+
 // readyPort reads "0\n<port>\n" from fd 3 and returns the port.
 func (p *proc) readyPort(t *testing.T) uint16 {
 	t.Helper()
