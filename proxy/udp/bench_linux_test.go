@@ -256,7 +256,7 @@ type loadClient struct {
 	size int
 	gso  bool
 
-	out, in   mmsgBatch
+	out, in   batch
 	ctl       []byte // the UDP_SEGMENT control message (gso)
 	gsoIov    unix.Iovec
 	gsoHdr    unix.Msghdr
@@ -268,50 +268,13 @@ type loadClient struct {
 	recvFn    func(uintptr) bool
 }
 
-// mmsgBatch is a set of mmsghdrs, each with one iovec and a buffer, and,
-// when named, room for a sockaddr (and control messages).
-type mmsgBatch struct {
-	hdrs  []unix.Mmsghdr
-	iovs  []unix.Iovec
-	names [][sizeofName]byte
-	oobs  [][64]byte
-	bufs  [][]byte
-}
-
-func newMmsgBatch(n, bufSize int, named, oob bool) mmsgBatch {
-	m := mmsgBatch{hdrs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, n), bufs: make([][]byte, n)}
-	if named {
-		m.names = make([][sizeofName]byte, n)
-	}
-	if oob {
-		m.oobs = make([][64]byte, n)
-	}
-	for i := range m.hdrs {
-		m.bufs[i] = make([]byte, bufSize)
-		m.iovs[i].Base = &m.bufs[i][0]
-		m.iovs[i].SetLen(bufSize)
-		h := &m.hdrs[i].Hdr
-		h.Iov = &m.iovs[i]
-		h.SetIovlen(1)
-		if named {
-			h.Name = &m.names[i][0]
-			h.Namelen = sizeofName
-		}
-		if oob {
-			h.Control = &m.oobs[i][0]
-			h.SetControllen(len(m.oobs[i]))
-		}
-	}
-	return m
-}
-
 func newLoadClient(tb testing.TB, c *net.UDPConn, size int, gso bool) *loadClient {
 	tb.Helper()
 	rc, err := c.SyscallConn()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	l := &loadClient{c: c, rc: rc, size: size, gso: gso, out: newMmsgBatch(loadWindow, size, false, false)}
+	l := &loadClient{c: c, rc: rc, size: size, gso: gso, out: newBatch(loadWindow, size, false, false)}
 	l.sendFn, l.sendGSOFn, l.recvFn = l.send, l.sendGSO, l.recv
 	if gso {
 		var serr error
@@ -320,7 +283,7 @@ func newLoadClient(tb testing.TB, c *net.UDPConn, size int, gso bool) *loadClien
 			tb.Fatalf("UDP_GRO on a load client: %v", serr)
 		}
 		// A coalesced read holds up to a window of datagrams.
-		l.in = newMmsgBatch(loadWindow, loadWindow*max(size, 1)+size, false, true)
+		l.in = newBatch(loadWindow, loadWindow*max(size, 1)+size, false, true)
 		l.gsoBuf = make([]byte, loadWindow*size)
 		l.ctl = sockopt.AppendUDPSegment(nil, uint16(size))
 		l.gsoIov.Base = &l.gsoBuf[0]
@@ -329,7 +292,7 @@ func newLoadClient(tb testing.TB, c *net.UDPConn, size int, gso bool) *loadClien
 		l.gsoHdr.Control = &l.ctl[0]
 		l.gsoHdr.SetControllen(len(l.ctl))
 	} else {
-		l.in = newMmsgBatch(loadWindow, 2048, false, false)
+		l.in = newBatch(loadWindow, 2048, false, false)
 	}
 	return l
 }
@@ -460,7 +423,8 @@ func batchEchoBackend(tb testing.TB, addr string, gso bool) netip.AddrPort {
 	tb.Cleanup(func() { c.Close(); wg.Wait() })
 	go func() {
 		defer wg.Done()
-		m := newMmsgBatch(64, 2048, true, false)
+		size := 2048
+		m := newBatch(64, size, true, false)
 		if gso {
 			var serr error
 			rc.Control(func(fd uintptr) { serr = sockopt.EnableUDPGROFD(int(fd)) })
@@ -468,14 +432,15 @@ func batchEchoBackend(tb testing.TB, addr string, gso bool) netip.AddrPort {
 				tb.Errorf("UDP_GRO on the echo backend: %v", serr)
 				return
 			}
-			m = newMmsgBatch(64, MaxDatagram, true, true)
+			size = MaxDatagram
+			m = newBatch(64, size, true, true)
 		}
 		var n, k int
 		recv := func(fd uintptr) bool {
 			for i := range m.hdrs {
 				h := &m.hdrs[i].Hdr
 				h.Namelen = sizeofName
-				m.iovs[i].SetLen(len(m.bufs[i]))
+				m.iovs[i].SetLen(size)
 				if gso {
 					h.Control = &m.oobs[i][0]
 					h.SetControllen(len(m.oobs[i]))

@@ -101,25 +101,26 @@ type batch struct {
 	segs  []int // UDP GRO segment size of each buffer; 0: one datagram
 }
 
-// newBatch makes a batch; withAddr gives each slot room for the sender's
-// address, withCtl room for control messages.
-func newBatch(withAddr, withCtl bool) batch {
+// newBatch makes a batch of n slots, each with a buffer of size bytes;
+// withAddr gives each slot room for the sender's address, withCtl room for
+// control messages.
+func newBatch(n, size int, withAddr, withCtl bool) batch {
 	b := batch{
-		hdrs:  make([]unix.Mmsghdr, batchSize),
-		iovs:  make([]unix.Iovec, batchSize),
-		flows: make([]*flow, batchSize),
-		segs:  make([]int, batchSize),
+		hdrs:  make([]unix.Mmsghdr, n),
+		iovs:  make([]unix.Iovec, n),
+		flows: make([]*flow, n),
+		segs:  make([]int, n),
 	}
-	slab := make([]byte, batchSize*MaxDatagram)
+	slab := make([]byte, n*size)
 	if withAddr {
-		b.names = make([][sizeofName]byte, batchSize)
+		b.names = make([][sizeofName]byte, n)
 	}
 	if withCtl {
-		b.oobs = make([][oobSize]byte, batchSize)
+		b.oobs = make([][oobSize]byte, n)
 	}
 	for i := range b.hdrs {
-		b.iovs[i].Base = &slab[i*MaxDatagram]
-		b.iovs[i].SetLen(MaxDatagram)
+		b.iovs[i].Base = &slab[i*size]
+		b.iovs[i].SetLen(size)
 		h := &b.hdrs[i].Hdr
 		h.Iov = &b.iovs[i]
 		h.SetIovlen(1)
@@ -445,8 +446,8 @@ func (p *Proxy) init() {
 	p.flows = make(map[flowKey]*flow)
 	p.events = make([]unix.EpollEvent, batchSize)
 	p.pollFn = p.poll
-	p.in = newBatch(true, true)
-	p.rep = newBatch(false, true)
+	p.in = newBatch(batchSize, MaxDatagram, true, true)
+	p.rep = newBatch(batchSize, MaxDatagram, false, true)
 	p.scratch = newScratch()
 }
 
