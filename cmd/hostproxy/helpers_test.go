@@ -6,7 +6,6 @@ package main_test
 // directory.
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -81,31 +80,13 @@ func buildHostproxy(name string, env ...string) (string, error) {
 	return out, nil
 }
 
-// syncBuffer is an io.Writer safe for the exec package's copier and readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // proc is a running hostproxy.
 type proc struct {
 	args   []string
 	cmd    *exec.Cmd
 	status *os.File // read end of fd 3; nil without a status pipe
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *testenv.Buffer
+	stderr *testenv.Buffer
 	exited chan struct{}
 	err    error // Wait's result, once exited is closed
 }
@@ -121,7 +102,7 @@ type spawn struct {
 // start runs hostproxy with args. It is killed at cleanup if still running.
 func start(t *testing.T, sp spawn, args ...string) *proc {
 	t.Helper()
-	p := &proc{args: args, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{args: args, stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(hostproxyBin(t), args...)
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr

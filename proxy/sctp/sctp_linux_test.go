@@ -594,30 +594,12 @@ func TestSCTPCloseAndShutdown(t *testing.T) {
 	})
 }
 
-// syncBuffer is a log destination tests can read while the proxy writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestSCTPAcceptErrorBacksOff runs the proxy out of file descriptors: accept
 // fails with EMFILE, the proxy logs it and backs off instead of returning, and
 // once descriptors are available again it relays new associations.
 func TestSCTPAcceptErrorBacksOff(t *testing.T) {
 	testenv.RequireSCTP(t)
-	var logs syncBuffer
+	var logs testenv.Buffer
 	log, err := logging.NewWriter(&logs, zapcore.DebugLevel, logging.FormatConsole)
 	if err != nil {
 		t.Fatal(err)
