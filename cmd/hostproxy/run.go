@@ -41,13 +41,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		closeOnExec(listenFD)
 	}
 	ignoreSIGPIPE()
-	// The handlers are in place before any status is written: an engine
-	// may signal the instant it reads "0\n".
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, stopSignals...)
-	if natSignal != nil {
-		signal.Notify(sigs, natSignal)
-	}
 
 	cfg, err := parseArgs(args)
 	if err != nil {
@@ -84,6 +77,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		return startFailed(st, stderr, err)
+	}
+	// The handlers are in place before any status is written: an engine
+	// may signal the instant it reads "0\n". They are installed only now,
+	// after the set-up: os/signal's first Notify starts a goroutine, which
+	// wakes a second P (GOMAXPROCS > 1), and any set-up work that then runs
+	// there allocates from that P's own heap spans and stack cache. Done
+	// last, it keeps about 80 KiB of private memory out of every idle
+	// process. A stop signal during the set-up ends the process by the
+	// signal's default action, as it does docker-proxy before it is ready.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, stopSignals...)
+	if natSignal != nil {
+		signal.Notify(sigs, natSignal)
 	}
 	s.serve()
 	st.ready(extra)
