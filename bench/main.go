@@ -42,6 +42,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hostproxy/hostproxy/internal/testenv"
 )
 
 // config is the harness's settings, from flags.
@@ -73,7 +75,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		quick     = fs.Bool("quick", false, "every test and peer once with short rounds (under two minutes); overrides -duration, -rounds and -flows")
 		peersFlag = fs.String("peers", "direct,hostproxy,docker-proxy,socat,haproxy,nginx", "comma-separated peers to measure, in table order")
 		testsFlag = fs.String("tests", "", "comma-separated tests to run (default all: "+strings.Join(testNames(), ",")+")")
-		hpBin     = fs.String("hostproxy", "", "hostproxy executable (default: go build ./cmd/hostproxy into a temp dir, static with CGO_ENABLED=0 unless the environment sets CGO_ENABLED)")
+		hpBin     = fs.String("hostproxy", "", "hostproxy executable (default: go build ./cmd/hostproxy into a temp dir as the README installs it: CGO_ENABLED=0, and GOEXPERIMENT=nogreenteagc on Go 1.26, unless the environment sets them)")
 		jsonOut   = fs.String("json", "", "write every round and the medians as JSON to `FILE`")
 		mdOut     = fs.String("markdown", "", "write the table as markdown to `FILE`")
 		chartOut  = fs.String("chart", "", "write the chart of ratios to docker-proxy to `FILE` (.svg or .png)")
@@ -250,15 +252,11 @@ func selectPeers(list string, known []*peerSpec, log io.Writer) ([]*peerSpec, er
 }
 
 // buildHostproxy builds ./cmd/hostproxy into dir the way the README says to
-// install it: static (CGO_ENABLED=0), which starts faster and idles about
-// 1.4 MiB smaller than a cgo build. CGO_ENABLED set in the environment wins.
+// install it (testenv.ReleaseEnv).
 func buildHostproxy(ctx context.Context, dir string) (string, error) {
 	out := filepath.Join(dir, "hostproxy")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/hostproxy/hostproxy/cmd/hostproxy")
-	cmd.Env = os.Environ()
-	if _, set := os.LookupEnv("CGO_ENABLED"); !set {
-		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-	}
+	cmd.Env = testenv.ReleaseEnv()
 	msg, err := cmd.CombinedOutput()
 	if err != nil {
 		first, _, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")

@@ -23,10 +23,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hostproxy/hostproxy/internal/testenv"
 )
 
 // hostproxyBin returns $HOSTPROXY_BIN, or builds cmd/hostproxy for t the way
-// the README installs it (static, CGO_ENABLED=0), so the figures the suite
+// the README installs it (testenv.ReleaseEnv), so the figures the suite
 // records are those of the shipped build.
 func hostproxyBin(t *testing.T) string {
 	t.Helper()
@@ -38,7 +40,7 @@ func hostproxyBin(t *testing.T) string {
 		return abs
 	}
 	out := filepath.Join(t.TempDir(), "hostproxy")
-	goBuild(t, "github.com/hostproxy/hostproxy/cmd/hostproxy", out, "CGO_ENABLED=0")
+	goBuild(t, "github.com/hostproxy/hostproxy/cmd/hostproxy", out, testenv.ReleaseEnv())
 	return out
 }
 
@@ -46,16 +48,16 @@ func hostproxyBin(t *testing.T) string {
 func echoserverBin(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "echoserver")
-	goBuild(t, "github.com/hostproxy/hostproxy/e2e/internal/echoserver", out, "CGO_ENABLED=0")
+	goBuild(t, "github.com/hostproxy/hostproxy/e2e/internal/echoserver", out, append(os.Environ(), "CGO_ENABLED=0"))
 	return out
 }
 
-func goBuild(t *testing.T, pkg, out string, env ...string) {
+func goBuild(t *testing.T, pkg, out string, env []string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = env
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}

@@ -12,8 +12,8 @@ package main_test
 // range: one hostproxy, or 100 docker-proxy processes.
 //
 // "hostproxy" is the default build (cgo resolver, dynamically linked),
-// "hostproxy-static" a CGO_ENABLED=0 build (static, like docker.io's
-// docker-proxy).
+// "hostproxy-static" the build the README installs (testenv.ReleaseEnv:
+// static, like docker.io's docker-proxy, and without Green Tea GC).
 
 import (
 	"bufio"
@@ -34,7 +34,7 @@ import (
 const dockerProxy = "/usr/sbin/docker-proxy"
 
 var staticOnce = sync.OnceValues(func() (string, error) {
-	return buildHostproxy("hostproxy-static", "CGO_ENABLED=0")
+	return buildHostproxy("hostproxy-static", testenv.ReleaseEnv())
 })
 
 // benchBinaries returns the binaries to compare, by name.

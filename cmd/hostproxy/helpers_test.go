@@ -56,7 +56,7 @@ func hostproxyBin(t testing.TB) string {
 			binPath = p
 			return
 		}
-		binPath, binErr = buildHostproxy("hostproxy")
+		binPath, binErr = buildHostproxy("hostproxy", nil)
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
@@ -64,18 +64,19 @@ func hostproxyBin(t testing.TB) string {
 	return binPath
 }
 
-// buildHostproxy builds this package into binDir/name with env added to the
-// environment, and returns the binary's path.
-func buildHostproxy(name string, env ...string) (string, error) {
+// buildHostproxy builds this package into binDir/name, with env as the
+// build's whole environment (nil: the test's own), and returns the binary's
+// path.
+func buildHostproxy(name string, env []string) (string, error) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		return "", fmt.Errorf("go not on PATH and HOSTPROXY_BIN unset: %w", err)
 	}
 	out := filepath.Join(binDir, name)
 	cmd := exec.Command(gobin, "build", "-o", out, ".")
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = env
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%s go build ./cmd/hostproxy: %w\n%s", strings.Join(env, " "), err, b)
+		return "", fmt.Errorf("go build ./cmd/hostproxy as %s: %w\n%s", name, err, b)
 	}
 	return out, nil
 }
