@@ -172,6 +172,24 @@ func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.Ad
 	return nil
 }
 
+// addTCPRange creates one proxy serving every listening TCP socket of ms
+// (tcp.NewRange: one accept goroutine for all of them) and records it. The
+// proxy has its own descriptors: the caller closes the files.
+func (s *server) addTCPRange(ms []tcp.Mapping, frontends []netip.AddrPort) error {
+	if len(ms) == 1 {
+		return s.add(ms[0].File, sockopt.TCP, frontends[0], ms[0].Backend)
+	}
+	name := fmt.Sprintf("%s/tcp to %s and %d more", frontends[0], ms[0].Backend, len(ms)-1)
+	p, err := tcp.NewRange(ms, tcp.Config{DialTimeout: s.cfg.DialTimeout,
+		Logger: s.log.With(logging.String("proto", sockopt.TCP.String()))})
+	if err != nil {
+		return fmt.Errorf("proxy %s: %w", name, err)
+	}
+	s.proxies = append(s.proxies, p)
+	s.names = append(s.names, name)
+	return nil
+}
+
 // closeAll closes every proxy and filtered socket at once.
 func (s *server) closeAll() {
 	for _, p := range s.proxies {
@@ -381,9 +399,18 @@ func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
 		}
 	}
 	s := &server{cfg: cfg, log: log}
+	var (
+		ms        []tcp.Mapping // TCP: one proxy for every socket
+		frontends []netip.AddrPort
+	)
 	for _, b := range bindings {
 		for i, f := range b.Files {
 			host := netip.AddrPortFrom(cfg.HostIPs[i], b.Port)
+			if b.Proto == sockopt.TCP {
+				ms = append(ms, tcp.Mapping{File: f, Backend: cfg.Backend(b.Port)})
+				frontends = append(frontends, host)
+				continue
+			}
 			if err := s.add(f, b.Proto, host, cfg.Backend(b.Port)); err != nil {
 				for _, b := range bindings {
 					b.Close()
@@ -391,6 +418,15 @@ func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
 				s.closeAll()
 				return nil, "", err
 			}
+		}
+	}
+	if len(ms) > 0 {
+		if err := s.addTCPRange(ms, frontends); err != nil {
+			for _, b := range bindings {
+				b.Close()
+			}
+			s.closeAll()
+			return nil, "", err
 		}
 	}
 	if cfg.AwaitNAT {
@@ -439,6 +475,17 @@ func (s *server) addForward(fw forward) error {
 	if !fw.Bind.IsValid() {
 		binds, implicit = loopbacks, true
 	}
+	// TCP sockets are collected for one proxy (addTCPRange), the others
+	// get a proxy each.
+	var (
+		ms        []tcp.Mapping
+		frontends []netip.AddrPort
+	)
+	defer func() {
+		for _, m := range ms {
+			m.File.Close() // the proxy has its own descriptors
+		}
+	}()
 	for i := 0; i < fw.Ports.Len(); i++ {
 		backend := netip.AddrPortFrom(target, fw.TPorts.At(i))
 		listened := 0
@@ -451,15 +498,25 @@ func (s *server) addForward(fw forward) error {
 				}
 				return fmt.Errorf("-L %s: %w", fw, err)
 			}
+			listened++
+			if fw.Proto == sockopt.TCP {
+				ms = append(ms, tcp.Mapping{File: f, Backend: backend})
+				frontends = append(frontends, host)
+				continue
+			}
 			err = s.add(f, fw.Proto, host, backend)
 			f.Close()
 			if err != nil {
 				return fmt.Errorf("-L %s: %w", fw, err)
 			}
-			listened++
 		}
 		if listened == 0 {
 			return fmt.Errorf("-L %s: no address to listen on", fw)
+		}
+	}
+	if len(ms) > 0 {
+		if err := s.addTCPRange(ms, frontends); err != nil {
+			return fmt.Errorf("-L %s: %w", fw, err)
 		}
 	}
 	return nil

@@ -117,13 +117,23 @@ func BenchmarkBulkRatio(b *testing.B) {
 }
 
 // BenchmarkConnect opens a connection, exchanges one byte with an echo
-// backend and closes it, directly and through the proxy. The difference in
-// allocs/op and B/op is what the proxy costs per connection.
+// backend and closes it: directly, through the proxy, and through the first
+// socket of a range (NewRange). The difference in allocs/op and B/op is what
+// the proxy costs per connection.
 func BenchmarkConnect(b *testing.B) {
-	run := func(b *testing.B, viaProxy bool) {
+	run := func(b *testing.B, via string) {
 		_, dst := newBackend(b, echo)
-		if viaProxy {
+		switch via {
+		case "proxy":
 			_, dst = startProxy(b, Config{Backend: dst})
+		case "range": // the first socket of a range of two
+			files, addrs := listenFiles(b, 2)
+			p, err := NewRange([]Mapping{{files[0], dst}, {files[1], dst}}, Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			serve(b, p)
+			dst = addrs[0]
 		}
 		addr := net.TCPAddrFromAddrPort(dst)
 		var one [1]byte
@@ -143,6 +153,7 @@ func BenchmarkConnect(b *testing.B) {
 			c.Close()
 		}
 	}
-	b.Run("direct", func(b *testing.B) { run(b, false) })
-	b.Run("proxy", func(b *testing.B) { run(b, true) })
+	for _, via := range []string{"direct", "proxy", "range"} {
+		b.Run(via, func(b *testing.B) { run(b, via) })
+	}
 }

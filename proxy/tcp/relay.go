@@ -16,6 +16,7 @@ import (
 // relay is one client connection and, once dialed, its backend connection.
 type relay struct {
 	p       *Proxy
+	port    *port // where client was accepted
 	client  *net.TCPConn
 	backend *net.TCPConn // set by Proxy.attach under Proxy.mu
 
@@ -34,13 +35,13 @@ func (r *relay) run() {
 	// again would cost four setsockopt calls per connection
 	// (TestSocketOptions checks the options on both sides).
 	start := time.Now()
-	backend, err := p.dial()
+	backend, err := p.dial(r.port)
 	if err != nil {
 		r.close(true)
-		p.dialFailed(r.client, err, time.Since(start))
+		p.dialFailed(r.port, r.client, err, time.Since(start))
 		return
 	}
-	p.dialSucceeded()
+	p.dialSucceeded(r.port)
 	if !p.attach(r, backend) { // closed during the dial
 		r.close(true)
 		reset(backend)
@@ -56,7 +57,7 @@ func (r *relay) run() {
 	r.close(false)
 
 	if p.log.Enabled(zapcore.DebugLevel) {
-		p.log.Debug("connection closed",
+		p.logFor(r.port).Debug("connection closed",
 			logging.Addr("client", r.client.RemoteAddr()),
 			logging.Int64("bytes_up", up), logging.Int64("bytes_down", down),
 			logging.String("end", endName(r.wasReset.Load())))
@@ -132,16 +133,16 @@ func reset(c *net.TCPConn) {
 	_ = c.Close()
 }
 
-// dial connects to the backend within the dial timeout, or fails at once when
-// the proxy is closed.
-func (p *Proxy) dial() (*net.TCPConn, error) {
-	if p.backendErr != nil {
-		return nil, p.backendErr
+// dial connects to pt's backend within the dial timeout, or fails at once
+// when the proxy is closed.
+func (p *Proxy) dial(pt *port) (*net.TCPConn, error) {
+	if pt.backendErr != nil {
+		return nil, pt.backendErr
 	}
 	// Dialer.DialTCP would bind an unset local address to port 0 first, which
 	// uses up a port per connection; DialContext leaves the choice to connect.
 	d := net.Dialer{Timeout: p.dialTimeout, KeepAliveConfig: keepAlive}
-	c, err := d.DialContext(p.ctx, "tcp", p.backendAddr)
+	c, err := d.DialContext(p.ctx, "tcp", pt.backendAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +154,7 @@ func (p *Proxy) dial() (*net.TCPConn, error) {
 // while the backend stays down are logged at Debug only, so that a client
 // retrying against a stopped container cannot flood the log. A dial cut short
 // by Close is not a failure.
-func (p *Proxy) dialFailed(client *net.TCPConn, err error, took time.Duration) {
+func (p *Proxy) dialFailed(pt *port, client *net.TCPConn, err error, took time.Duration) {
 	if p.ctx.Err() != nil {
 		return
 	}
@@ -163,15 +164,15 @@ func (p *Proxy) dialFailed(client *net.TCPConn, err error, took time.Duration) {
 		logging.Duration("after", took),
 	}
 	if n := p.dialFailures.fail(); n == 1 {
-		p.log.Warn("backend dial failed; client reset", fields...)
-	} else {
-		p.log.Debug("backend dial failed again; client reset", append(fields, logging.Int64("failures", n))...)
+		p.logFor(pt).Warn("backend dial failed; client reset", fields...)
+	} else if p.log.Enabled(zapcore.DebugLevel) {
+		p.logFor(pt).Debug("backend dial failed again; client reset", append(fields, logging.Int64("failures", n))...)
 	}
 }
 
-func (p *Proxy) dialSucceeded() {
+func (p *Proxy) dialSucceeded(pt *port) {
 	if n := p.dialFailures.reset(); n > 0 {
-		p.log.Info("backend reachable again", logging.Int64("failed_dials", n))
+		p.logFor(pt).Info("backend reachable again", logging.Int64("failed_dials", n))
 	}
 }
 

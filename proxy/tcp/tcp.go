@@ -17,6 +17,10 @@
 //   - Accept errors such as EMFILE back off (proxy.Backoff, 5ms to 1s) and
 //     retry; only closing the proxy ends the accept loop.
 //   - Keepalive is on for both connections and TCP_NODELAY stays on.
+//
+// One Proxy may also serve a range of listening sockets, each relayed to its
+// own backend (NewRange): a single goroutine then accepts on all of them, so
+// that a mapping costs its socket and a few hundred bytes, not a goroutine.
 package tcp
 
 import (
@@ -28,6 +32,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"go.uber.org/zap/zapcore"
 
 	"github.com/hostproxy/hostproxy/internal/logging"
 	"github.com/hostproxy/hostproxy/proxy"
@@ -59,15 +65,17 @@ type Config struct {
 	Logger *logging.Logger
 }
 
-// Proxy is a TCP relay. Create it with New or NewListener and run it with
-// Serve.
+// Proxy is a TCP relay. Create it with New, NewListener or NewRange and run
+// it with Serve.
 type Proxy struct {
-	ln          *net.TCPListener
-	backend     netip.AddrPort
-	backendAddr string // backend.String(), formatted once
-	backendErr  error  // non-nil when Config.Backend is unusable
+	ports       []port // one, or a range (NewRange)
 	dialTimeout time.Duration
-	log         *logging.Logger
+	// log has the fields listen and backend when the proxy has one port;
+	// in a range each line about a port gets them from logFor.
+	log *logging.Logger
+	// poll tells a range's accept loop which sockets have connections
+	// waiting; nil with one port.
+	poll *poller
 
 	// ctx is cancelled by Close; it aborts backend dials in progress.
 	ctx    context.Context
@@ -90,6 +98,26 @@ type Proxy struct {
 
 var _ proxy.Proxy = (*Proxy)(nil)
 
+// port is one listening socket of a Proxy and where its connections go.
+type port struct {
+	ln          *net.TCPListener
+	backend     netip.AddrPort // unmapped
+	backendAddr string         // backend.String(), formatted once
+	backendErr  error          // non-nil when the backend is unusable
+}
+
+func newPort(ln *net.TCPListener, backend netip.AddrPort) port {
+	b := netip.AddrPortFrom(backend.Addr().Unmap(), backend.Port())
+	return port{ln: ln, backend: b, backendAddr: b.String(), backendErr: checkBackend(backend)}
+}
+
+// Mapping is one socket of a range proxy (NewRange) and the backend its
+// connections are relayed to.
+type Mapping struct {
+	File    *os.File // a listening TCP socket; NewRange duplicates it
+	Backend netip.AddrPort
+}
+
 // New returns a Proxy serving the listening TCP socket f. New duplicates f,
 // so the caller may (and should) close f afterwards. It fails when f is not a
 // listening TCP socket or cfg.Backend is not a usable address.
@@ -104,6 +132,16 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 	if err := checkBackend(cfg.Backend); err != nil {
 		return nil, err
 	}
+	ln, err := fileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	return NewListener(ln, cfg), nil
+}
+
+// fileListener returns a TCP listener on a duplicate of the listening TCP
+// socket f.
+func fileListener(f *os.File) (*net.TCPListener, error) {
 	if err := checkListener(f); err != nil {
 		return nil, err
 	}
@@ -116,30 +154,83 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 		ln.Close()
 		return nil, fmt.Errorf("tcp proxy on %s: %T is not a TCP listener", f.Name(), ln)
 	}
-	return NewListener(tln, cfg), nil
+	return tln, nil
+}
+
+// NewRange returns one Proxy serving the socket of every mapping, each
+// relayed to its own backend, with one goroutine accepting on all of them
+// (on Linux: an epoll set of the sockets; elsewhere a goroutine per socket).
+// Like New, it duplicates the files, which the caller closes afterwards, and
+// fails when one is not a listening TCP socket or a backend is unusable;
+// cfg.Backend is not used. Serve, Close and Shutdown act on every socket at
+// once; Addr is the first mapping's address.
+func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
+	if len(ms) == 0 {
+		return nil, errors.New("tcp proxy: no listening socket")
+	}
+	ports := make([]port, 0, len(ms))
+	fail := func(err error) (*Proxy, error) {
+		for _, pt := range ports {
+			pt.ln.Close()
+		}
+		return nil, err
+	}
+	for _, m := range ms {
+		if m.File == nil {
+			return fail(errors.New("tcp proxy: nil listening socket"))
+		}
+		if err := checkBackend(m.Backend); err != nil {
+			return fail(err)
+		}
+		ln, err := fileListener(m.File)
+		if err != nil {
+			return fail(err)
+		}
+		ports = append(ports, newPort(ln, m.Backend))
+	}
+	p := newProxy(ports, cfg)
+	if len(ports) > 1 {
+		pl, err := newPoller(ports)
+		if err != nil {
+			return fail(fmt.Errorf("tcp proxy on %s and %d more: %w", p.Addr(), len(ports)-1, err))
+		}
+		p.poll = pl
+		p.log = cfg.Logger
+	}
+	return p, nil
 }
 
 // NewListener returns a Proxy serving ln and takes ownership of it. An
 // unusable cfg.Backend is not reported here: every connection is then reset
 // and the reason logged (use New, or check the address first, to fail early).
 func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
+	p := newProxy([]port{newPort(ln, cfg.Backend)}, cfg)
+	p.log = cfg.Logger.With(logging.Addr("listen", ln.Addr()), logging.AddrPort("backend", cfg.Backend))
+	return p
+}
+
+func newProxy(ports []port, cfg Config) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
-		ln:          ln,
-		backend:     netip.AddrPortFrom(cfg.Backend.Addr().Unmap(), cfg.Backend.Port()),
-		backendErr:  checkBackend(cfg.Backend),
+		ports:       ports,
 		dialTimeout: cfg.DialTimeout,
 		ctx:         ctx,
 		cancel:      cancel,
 		stopping:    make(chan struct{}),
 		relays:      make(map[*relay]struct{}),
 	}
-	p.backendAddr = p.backend.String()
 	if p.dialTimeout <= 0 {
 		p.dialTimeout = DefaultDialTimeout
 	}
-	p.log = cfg.Logger.With(logging.Addr("listen", ln.Addr()), logging.AddrPort("backend", cfg.Backend))
 	return p
+}
+
+// logFor returns the logger for a line about pt.
+func (p *Proxy) logFor(pt *port) *logging.Logger {
+	if p.poll == nil {
+		return p.log // it has listen and backend already
+	}
+	return p.log.With(logging.Addr("listen", pt.ln.Addr()), logging.AddrPort("backend", pt.backend))
 }
 
 func checkBackend(ap netip.AddrPort) error {
@@ -149,8 +240,8 @@ func checkBackend(ap netip.AddrPort) error {
 	return nil
 }
 
-// Addr returns the address the proxy listens on.
-func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
+// Addr returns the address the proxy listens on (in a range, the first).
+func (p *Proxy) Addr() net.Addr { return p.ports[0].ln.Addr() }
 
 // Serve accepts connections and relays each to the backend until ctx is done,
 // Close is called or Shutdown completes; then it returns nil. When ctx is done
@@ -169,7 +260,12 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		return err
 	}
 	w := p.closeWhenDone(ctx)
-	err := p.acceptLoop()
+	var err error
+	if p.poll == nil {
+		err = p.acceptLoop(&p.ports[0])
+	} else {
+		err = p.acceptRange()
+	}
 	p.endServe(err, w)
 	return err
 }
@@ -232,24 +328,24 @@ func (p *Proxy) endServe(err error, w *ctxWatch) {
 // AcceptTCP, so the loop keeps its frame small and its failure handling out
 // of line: with Serve's frame on top of Go's accept path, the goroutine fits
 // the 2 KiB stack it starts with (a 4 KiB one per mapping otherwise).
-func (p *Proxy) acceptLoop() error {
+func (p *Proxy) acceptLoop(pt *port) error {
 	var st *acceptFailures // allocated at the first failure
 	for {
-		c, err := p.ln.AcceptTCP()
+		c, err := pt.ln.AcceptTCP()
 		if err != nil {
 			if st == nil {
 				st = new(acceptFailures)
 			}
-			if stop, err := p.acceptFailed(st, err); stop {
+			if stop, err := p.acceptFailed(pt, st, err); stop {
 				return err
 			}
 			continue
 		}
 		if st != nil {
-			p.acceptedAgain(st)
+			p.acceptedAgain(pt, st)
 			st = nil
 		}
-		p.start(c)
+		p.start(pt, c)
 	}
 }
 
@@ -263,18 +359,19 @@ type acceptFailures struct {
 // with the error to return, after backing off when the failure is transient.
 //
 //go:noinline
-func (p *Proxy) acceptFailed(st *acceptFailures, err error) (bool, error) {
+func (p *Proxy) acceptFailed(pt *port, st *acceptFailures, err error) (bool, error) {
 	if p.isStopping() {
 		return true, nil
 	}
+	log := p.logFor(pt)
 	if !retryable(err) {
-		p.log.Error("accept failed; stopping", logging.Err(err))
-		return true, fmt.Errorf("accept tcp on %s: %w", p.Addr(), err)
+		log.Error("accept failed; stopping", logging.Err(err))
+		return true, fmt.Errorf("accept tcp on %s: %w", pt.ln.Addr(), err)
 	}
 	if st.n++; st.n == 1 {
-		p.log.Warn("accept failed; backing off and retrying", logging.Err(err))
-	} else {
-		p.log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", st.n))
+		log.Warn("accept failed; backing off and retrying", logging.Err(err))
+	} else if log.Enabled(zapcore.DebugLevel) {
+		log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", st.n))
 	}
 	return !st.backoff.Sleep(p.stopping), nil
 }
@@ -282,14 +379,14 @@ func (p *Proxy) acceptFailed(st *acceptFailures, err error) (bool, error) {
 // acceptedAgain logs the end of a streak of failed accepts.
 //
 //go:noinline
-func (p *Proxy) acceptedAgain(st *acceptFailures) {
-	p.log.Info("accepting again", logging.Int64("failed_accepts", st.n))
+func (p *Proxy) acceptedAgain(pt *port, st *acceptFailures) {
+	p.logFor(pt).Info("accepting again", logging.Int64("failed_accepts", st.n))
 }
 
-// start registers c and relays it in a new goroutine, or resets it when the
-// proxy was closed meanwhile.
-func (p *Proxy) start(c *net.TCPConn) {
-	r := &relay{p: p, client: c}
+// start registers c, accepted on pt, and relays it in a new goroutine, or
+// resets it when the proxy was closed meanwhile.
+func (p *Proxy) start(pt *port, c *net.TCPConn) {
+	r := &relay{p: p, port: pt, client: c}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -344,21 +441,23 @@ func (p *Proxy) isStopping() bool {
 	}
 }
 
-// stopAccepting closes the listening socket, once.
+// stopAccepting closes the listening sockets, once.
 func (p *Proxy) stopAccepting() error {
-	var err error
+	var errs []error
 	p.stopOnce.Do(func() {
-		close(p.stopping)   // first, so that the accept loop reads the wake-up as a stop
-		stopListening(p.ln) // the socket itself, even if f is still open elsewhere
-		err = p.ln.Close()
-		if errors.Is(err, net.ErrClosed) {
-			err = nil
+		close(p.stopping) // first, so that the accept loop reads the wake-up as a stop
+		for i := range p.ports {
+			ln := p.ports[i].ln
+			stopListening(ln) // the socket itself, even if f is still open elsewhere
+			if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, fmt.Errorf("close tcp listener %s: %w", ln.Addr(), err))
+			}
+		}
+		if p.poll != nil {
+			p.poll.close() // wakes the range's accept loop
 		}
 	})
-	if err != nil {
-		return fmt.Errorf("close tcp listener %s: %w", p.Addr(), err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Close stops the proxy at once: the listening socket is closed, dials in

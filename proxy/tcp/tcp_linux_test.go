@@ -303,10 +303,18 @@ func startChild(t testing.TB, argv0 string, args []string, env ...string) (lines
 
 // TestEMFILERecovery floods a proxy running with a low RLIMIT_NOFILE until
 // accept(2) fails with EMFILE, then shows that it relays again once the
-// flood's connections are gone.
+// flood's connections are gone: a proxy of one socket, and a range of two
+// (flooded on its first).
 func TestEMFILERecovery(t *testing.T) {
+	for _, mode := range []string{"single", "range"} {
+		t.Run(mode, func(t *testing.T) { testEMFILERecovery(t, mode) })
+	}
+}
+
+func testEMFILERecovery(t *testing.T, mode string) {
 	_, be := newBackend(t, echo)
-	lines, _ := startChild(t, os.Args[0], []string{"-test.run=^$"}, childEnv+"=emfile", "HOSTPROXY_TCP_BACKEND="+be.String())
+	lines, _ := startChild(t, os.Args[0], []string{"-test.run=^$"}, childEnv+"=emfile",
+		"HOSTPROXY_TCP_BACKEND="+be.String(), "HOSTPROXY_TCP_MODE="+mode)
 	addr, err := netip.ParseAddrPort(nextLine(t, lines, "listen "))
 	if err != nil {
 		t.Fatal(err)
@@ -384,8 +392,9 @@ func echoOnce(addr netip.AddrPort, deadline time.Time) error {
 	return nil
 }
 
-// emfileChild is the subprocess of TestEMFILERecovery: a proxy with
-// RLIMIT_NOFILE 64 whose logger prints "emfile" when accept fails with EMFILE.
+// emfileChild is the subprocess of TestEMFILERecovery: a proxy (a range of
+// two sockets with HOSTPROXY_TCP_MODE=range) with RLIMIT_NOFILE 64 whose
+// logger prints "emfile" when accept fails with EMFILE.
 func emfileChild() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "emfile child:", err); return 1 }
 	be, err := netip.ParseAddrPort(os.Getenv("HOSTPROXY_TCP_BACKEND"))
@@ -406,7 +415,15 @@ func emfileChild() int {
 	}
 	var once sync.Once
 	logger := logging.New(&emfileSpotter{report: func() { once.Do(func() { fmt.Println("emfile") }) }})
-	p := NewListener(ln, Config{Backend: be, Logger: logger})
+	cfg := Config{Backend: be, Logger: logger}
+	var p *Proxy
+	if os.Getenv("HOSTPROXY_TCP_MODE") == "range" {
+		if p, err = rangeOf(ln, cfg); err != nil {
+			return fail(err)
+		}
+	} else {
+		p = NewListener(ln, cfg)
+	}
 	// Every connection takes descriptors in pairs (two sockets, splice
 	// pipes), so with an odd number free accept would never be the call that
 	// runs out. Make it even.
@@ -426,6 +443,26 @@ func emfileChild() int {
 		return fail(err)
 	}
 	return 0
+}
+
+// rangeOf returns a range proxy of ln's socket and a second one, both
+// relayed to cfg.Backend.
+func rangeOf(ln *net.TCPListener, cfg Config) (*Proxy, error) {
+	ln2, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	var ms []Mapping
+	for _, l := range []*net.TCPListener{ln, ln2} {
+		f, err := l.File()
+		l.Close()
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		ms = append(ms, Mapping{File: f, Backend: cfg.Backend})
+	}
+	return NewRange(ms, cfg)
 }
 
 // evenFreeFiles counts the free descriptors below RLIMIT_NOFILE and, when
