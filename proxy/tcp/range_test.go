@@ -178,21 +178,36 @@ func TestRangeShutdownDrains(t *testing.T) {
 }
 
 // TestRangeLogsPort checks that a failure on one socket of a range is
-// logged with that socket's address and backend.
+// logged with that socket's address and backend, in a range of three and in
+// a range of one (which has no epoll set).
 func TestRangeLogsPort(t *testing.T) {
-	logger, logs := newRecorder(zapcore.DebugLevel)
-	files, addrs := listenFiles(t, 3)
-	refused := refusedAddr(t)
-	_, be := newBackend(t, echo)
-	ms := []Mapping{{files[0], be}, {files[1], refused}, {files[2], be}}
-	p, err := NewRange(ms, Config{Logger: logger})
-	if err != nil {
-		t.Fatalf("NewRange: %v", err)
-	}
-	serve(t, p)
-	roundTrip(t, dial(t, addrs[0]), "fine")
-	client := dialReset(t, addrs[1], time.Second)
-	checkDialWarning(t, logs, client, addrs[1], refused)
+	t.Run("three", func(t *testing.T) {
+		logger, logs := newRecorder(zapcore.DebugLevel)
+		files, addrs := listenFiles(t, 3)
+		refused := refusedAddr(t)
+		_, be := newBackend(t, echo)
+		ms := []Mapping{{files[0], be}, {files[1], refused}, {files[2], be}}
+		p, err := NewRange(ms, Config{Logger: logger})
+		if err != nil {
+			t.Fatalf("NewRange: %v", err)
+		}
+		serve(t, p)
+		roundTrip(t, dial(t, addrs[0]), "fine")
+		client := dialReset(t, addrs[1], time.Second)
+		checkDialWarning(t, logs, client, addrs[1], refused)
+	})
+	t.Run("one", func(t *testing.T) {
+		logger, logs := newRecorder(zapcore.DebugLevel)
+		files, addrs := listenFiles(t, 1)
+		refused := refusedAddr(t)
+		p, err := NewRange([]Mapping{{files[0], refused}}, Config{Logger: logger})
+		if err != nil {
+			t.Fatalf("NewRange: %v", err)
+		}
+		serve(t, p)
+		client := dialReset(t, addrs[0], time.Second)
+		checkDialWarning(t, logs, client, addrs[0], refused)
+	})
 }
 
 func TestNewRangeRejects(t *testing.T) {

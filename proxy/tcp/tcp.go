@@ -189,14 +189,16 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 		ports = append(ports, newPort(ln, m.Backend))
 	}
 	p := newProxy(ports, cfg)
-	if len(ports) > 1 {
-		pl, err := newPoller(ports)
-		if err != nil {
-			return fail(fmt.Errorf("tcp proxy on %s and %d more: %w", p.Addr(), len(ports)-1, err))
-		}
-		p.poll = pl
-		p.log = cfg.Logger
+	if len(ports) == 1 {
+		p.log = portLogger(cfg.Logger, &ports[0])
+		return p, nil
 	}
+	pl, err := newPoller(ports)
+	if err != nil {
+		p.cancel()
+		return fail(fmt.Errorf("tcp proxy on %s and %d more: %w", p.Addr(), len(ports)-1, err))
+	}
+	p.poll, p.log = pl, cfg.Logger
 	return p, nil
 }
 
@@ -205,7 +207,7 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 // and the reason logged (use New, or check the address first, to fail early).
 func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	p := newProxy([]port{newPort(ln, cfg.Backend)}, cfg)
-	p.log = cfg.Logger.With(logging.Addr("listen", ln.Addr()), logging.AddrPort("backend", cfg.Backend))
+	p.log = portLogger(cfg.Logger, &p.ports[0])
 	return p
 }
 
@@ -230,7 +232,12 @@ func (p *Proxy) logFor(pt *port) *logging.Logger {
 	if p.poll == nil {
 		return p.log // it has listen and backend already
 	}
-	return p.log.With(logging.Addr("listen", pt.ln.Addr()), logging.AddrPort("backend", pt.backend))
+	return portLogger(p.log, pt)
+}
+
+// portLogger returns log with pt's fields listen and backend.
+func portLogger(log *logging.Logger, pt *port) *logging.Logger {
+	return log.With(logging.Addr("listen", pt.ln.Addr()), logging.AddrPort("backend", pt.backend))
 }
 
 func checkBackend(ap netip.AddrPort) error {
