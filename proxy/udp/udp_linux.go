@@ -183,13 +183,11 @@ type Proxy struct {
 	nev        int
 	pollErr    error
 	pollFn     func(uintptr) bool
-	in         batch // client → backend, read from the host socket
-	rep        batch // backend → client
-	rn         int   // slots of rep filled, waiting for flushReplies
-	gso        bool  // UDP_SEGMENT works; turned off for good on EIO
-	gro        bool  // UDP_GRO is on on the host socket
-	flowGRO    bool  // UDP_GRO is turned on on new flow sockets
-	scratch          // send-side buffers
+	*work           // held while there are events to handle; nil while parked
+	rn         int  // slots of rep filled, waiting for flushReplies
+	gso        bool // UDP_SEGMENT works; turned off for good on EIO
+	gro        bool // UDP_GRO is on on the host socket
+	flowGRO    bool // UDP_GRO is turned on on new flow sockets
 
 	evictLog, truncLog, sendLog, flowLog, readLog limiter
 }
@@ -338,7 +336,7 @@ func (p *Proxy) release() {
 		unix.Close(p.epfd)
 	}
 	p.epfd = -1
-	p.in, p.rep, p.scratch = batch{}, batch{}, scratch{}
+	p.putWork()
 }
 
 // Addr returns the host socket's address.
@@ -446,9 +444,66 @@ func (p *Proxy) init() {
 	p.flows = make(map[flowKey]*flow)
 	p.events = make([]unix.EpollEvent, batchSize)
 	p.pollFn = p.poll
-	p.in = newBatch(batchSize, MaxDatagram, true, true)
-	p.rep = newBatch(batchSize, MaxDatagram, false, true)
-	p.scratch = newScratch()
+}
+
+// work is what an event loop needs only while it moves datagrams: the
+// receive batches of both directions and the send scratch, 4 MiB of
+// buffers (reserved, and touched only as far as datagrams fill them). A
+// proxy takes one from the process's free list when it wakes up with events
+// and gives it back before it parks, so a process serving many mappings
+// holds as many as were busy at the same time, not one per mapping. Nothing
+// in it outlives a round of the event loop: flushReplies empties rep.
+type work struct {
+	in      batch // client → backend, read from the host socket
+	rep     batch // backend → client
+	scratch       // send-side buffers
+}
+
+// worksMade counts newWork calls, for tests.
+var worksMade atomic.Int64
+
+func newWork() *work {
+	worksMade.Add(1)
+	return &work{
+		in:      newBatch(batchSize, MaxDatagram, true, true),
+		rep:     newBatch(batchSize, MaxDatagram, false, true),
+		scratch: newScratch(),
+	}
+}
+
+// idleWork is the free list of work, shared by every Proxy of the process.
+// It never shrinks: its length is the most loops that were busy at once.
+var idleWork struct {
+	mu   sync.Mutex
+	free []*work
+}
+
+// getWork gives p a work, unless it holds one.
+func (p *Proxy) getWork() {
+	if p.work != nil {
+		return
+	}
+	idleWork.mu.Lock()
+	if n := len(idleWork.free); n > 0 {
+		p.work = idleWork.free[n-1]
+		idleWork.free[n-1] = nil
+		idleWork.free = idleWork.free[:n-1]
+	}
+	idleWork.mu.Unlock()
+	if p.work == nil {
+		p.work = newWork()
+	}
+}
+
+// putWork returns p's work to the free list, if it holds one.
+func (p *Proxy) putWork() {
+	if p.work == nil {
+		return
+	}
+	idleWork.mu.Lock()
+	idleWork.free = append(idleWork.free, p.work)
+	idleWork.mu.Unlock()
+	p.work = nil
 }
 
 // scratch holds what a send builds: the datagrams to send (fwd, fwdFlows),
@@ -479,7 +534,8 @@ func newScratch() scratch {
 func (p *Proxy) now() int64 { return int64(time.Since(p.start)) }
 
 // poll is the RawConn.Read callback: it collects ready events without
-// blocking and asks the netpoller to wait when there are none.
+// blocking and asks the netpoller to wait when there are none. Before the
+// loop parks it gives its work buffers back (see work).
 func (p *Proxy) poll(fd uintptr) bool {
 	for {
 		n, err := unix.EpollWait(int(fd), p.events, 0)
@@ -487,7 +543,11 @@ func (p *Proxy) poll(fd uintptr) bool {
 			continue
 		}
 		p.nev, p.pollErr = n, err
-		return n > 0 || err != nil
+		if n == 0 && err == nil {
+			p.putWork()
+			return false
+		}
+		return true
 	}
 }
 
@@ -513,6 +573,7 @@ func (p *Proxy) serve() error {
 			return fmt.Errorf("udp proxy on %s: epoll_wait: %w", p.laddr, err)
 		}
 		now := p.now()
+		p.getWork()
 		for i := range p.events[:p.nev] {
 			switch tok := p.events[i].Fd; tok {
 			case tokHost:

@@ -419,7 +419,7 @@ func TestSendRetriedAfterConnRefused(t *testing.T) {
 	}
 	sink := newSink(t, backend.String())
 
-	p := &Proxy{scratch: newScratch()}
+	p := &Proxy{work: &work{scratch: newScratch()}}
 	f := &flow{fd: fd}
 	payload := []byte("must arrive")
 	iov := unix.Iovec{Base: &payload[0]}
@@ -761,4 +761,33 @@ func TestBurst(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIdleProxiesShareWork relays through 20 proxies one after the other and
+// checks that they made at most a few work buffers between them (one each
+// would be 80 MiB reserved), and that every one is back on the free list
+// once all are parked.
+func TestIdleProxiesShareWork(t *testing.T) {
+	const n = 20
+	be := echoBackend(t, "127.0.0.1:0")
+	made := worksMade.Load()
+	var proxies []*Proxy
+	for range n {
+		proxies = append(proxies, start(t, hostSocket(t, "127.0.0.1:0"), Config{Backend: be}))
+	}
+	for i, p := range proxies {
+		c := dial(t, hostPort(p))
+		msg := fmt.Appendf(nil, "through proxy %d", i)
+		if got := roundTrip(t, c, msg); !bytes.Equal(got, msg) {
+			t.Fatalf("proxy %d echoed %q, want %q", i, got, msg)
+		}
+	}
+	if got := worksMade.Load() - made; got > 4 {
+		t.Errorf("%d proxies used one at a time made %d work buffers, want at most 4", n, got)
+	}
+	waitFor(t, 10*time.Second, "every work buffer back on the free list", func() bool {
+		idleWork.mu.Lock()
+		defer idleWork.mu.Unlock()
+		return int64(len(idleWork.free)) == worksMade.Load()
+	})
 }
