@@ -172,15 +172,30 @@ func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.Ad
 	return nil
 }
 
-// addTCPRange creates one proxy serving every listening TCP socket of ms
-// (tcp.NewRange: one accept goroutine for all of them) and records it. The
-// proxy has its own descriptors: the caller closes the files.
-func (s *server) addTCPRange(ms []tcp.Mapping, frontends []netip.AddrPort) error {
-	if len(ms) == 1 {
-		return s.add(ms[0].File, sockopt.TCP, frontends[0], ms[0].Backend)
+// tcpGroup gathers the listening TCP sockets of one allocation or one -L
+// mapping, for addTCP to serve with one proxy.
+type tcpGroup struct {
+	ms        []tcp.Mapping
+	frontends []netip.AddrPort
+}
+
+func (g *tcpGroup) add(f *os.File, frontend, backend netip.AddrPort) {
+	g.ms = append(g.ms, tcp.Mapping{File: f, Backend: backend})
+	g.frontends = append(g.frontends, frontend)
+}
+
+// addTCP creates one proxy serving every socket of g (tcp.NewRange: one
+// accept goroutine for all of them) and records it; an empty g adds
+// nothing. The proxy has its own descriptors: the caller closes the files.
+func (s *server) addTCP(g tcpGroup) error {
+	switch len(g.ms) {
+	case 0:
+		return nil
+	case 1:
+		return s.add(g.ms[0].File, sockopt.TCP, g.frontends[0], g.ms[0].Backend)
 	}
-	name := fmt.Sprintf("%s/tcp to %s and %d more", frontends[0], ms[0].Backend, len(ms)-1)
-	p, err := tcp.NewRange(ms, tcp.Config{DialTimeout: s.cfg.DialTimeout,
+	name := fmt.Sprintf("%s/tcp to %s and %d more", g.frontends[0], g.ms[0].Backend, len(g.ms)-1)
+	p, err := tcp.NewRange(g.ms, tcp.Config{DialTimeout: s.cfg.DialTimeout,
 		Logger: s.log.With(logging.String("proto", sockopt.TCP.String()))})
 	if err != nil {
 		return fmt.Errorf("proxy %s: %w", name, err)
@@ -399,35 +414,28 @@ func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
 		}
 	}
 	s := &server{cfg: cfg, log: log}
-	var (
-		ms        []tcp.Mapping // TCP: one proxy for every socket
-		frontends []netip.AddrPort
-	)
+	fail := func(err error) (*server, string, error) {
+		for _, b := range bindings {
+			b.Close()
+		}
+		s.closeAll()
+		return nil, "", err
+	}
+	var tcps tcpGroup // every TCP socket: one proxy
 	for _, b := range bindings {
 		for i, f := range b.Files {
 			host := netip.AddrPortFrom(cfg.HostIPs[i], b.Port)
 			if b.Proto == sockopt.TCP {
-				ms = append(ms, tcp.Mapping{File: f, Backend: cfg.Backend(b.Port)})
-				frontends = append(frontends, host)
+				tcps.add(f, host, cfg.Backend(b.Port))
 				continue
 			}
 			if err := s.add(f, b.Proto, host, cfg.Backend(b.Port)); err != nil {
-				for _, b := range bindings {
-					b.Close()
-				}
-				s.closeAll()
-				return nil, "", err
+				return fail(err)
 			}
 		}
 	}
-	if len(ms) > 0 {
-		if err := s.addTCPRange(ms, frontends); err != nil {
-			for _, b := range bindings {
-				b.Close()
-			}
-			s.closeAll()
-			return nil, "", err
-		}
+	if err := s.addTCP(tcps); err != nil {
+		return fail(err)
 	}
 	if cfg.AwaitNAT {
 		s.filtered = bindings
@@ -475,14 +483,10 @@ func (s *server) addForward(fw forward) error {
 	if !fw.Bind.IsValid() {
 		binds, implicit = loopbacks, true
 	}
-	// TCP sockets are collected for one proxy (addTCPRange), the others
-	// get a proxy each.
-	var (
-		ms        []tcp.Mapping
-		frontends []netip.AddrPort
-	)
+	// The TCP sockets get one proxy (addTCP), the others one each.
+	var tcps tcpGroup
 	defer func() {
-		for _, m := range ms {
+		for _, m := range tcps.ms {
 			m.File.Close() // the proxy has its own descriptors
 		}
 	}()
@@ -500,8 +504,7 @@ func (s *server) addForward(fw forward) error {
 			}
 			listened++
 			if fw.Proto == sockopt.TCP {
-				ms = append(ms, tcp.Mapping{File: f, Backend: backend})
-				frontends = append(frontends, host)
+				tcps.add(f, host, backend)
 				continue
 			}
 			err = s.add(f, fw.Proto, host, backend)
@@ -514,10 +517,8 @@ func (s *server) addForward(fw forward) error {
 			return fmt.Errorf("-L %s: no address to listen on", fw)
 		}
 	}
-	if len(ms) > 0 {
-		if err := s.addTCPRange(ms, frontends); err != nil {
-			return fmt.Errorf("-L %s: %w", fw, err)
-		}
+	if err := s.addTCP(tcps); err != nil {
+		return fmt.Errorf("-L %s: %w", fw, err)
 	}
 	return nil
 }
