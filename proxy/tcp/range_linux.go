@@ -90,13 +90,14 @@ func (pl *poller) wait() ([]unix.EpollEvent, error) {
 	return pl.events[:pl.n], nil
 }
 
-// try is one epoll_wait that does not block; it reports whether wait is done.
+// try is an epoll_wait that does not block; it reports whether wait is done.
 func (pl *poller) try(fd uintptr) bool {
-	pl.n, pl.err = unix.EpollWait(int(fd), pl.events, 0)
-	if pl.err == unix.EINTR {
-		pl.n, pl.err = 0, nil
+	for {
+		pl.n, pl.err = unix.EpollWait(int(fd), pl.events, 0)
+		if pl.err != unix.EINTR {
+			return pl.err != nil || pl.n > 0
+		}
 	}
-	return pl.err != nil || pl.n > 0
 }
 
 // close closes the epoll descriptor, which ends a wait in progress.
