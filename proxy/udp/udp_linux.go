@@ -4,7 +4,6 @@ package udp
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -59,12 +58,10 @@ const (
 	sendMax = 4 * gsoMaxSegments
 )
 
-// epoll tokens (EpollEvent.Fd): the host socket, the wake-up eventfd, then
-// flow slots.
+// epoll tokens (EpollEvent.Fd): the host socket, then flow slots.
 const (
 	tokHost  = 0
-	tokWake  = 1
-	tokFlow0 = 2
+	tokFlow0 = 1
 )
 
 const sizeofName = unix.SizeofSockaddrInet6 // room for either family's sockaddr
@@ -165,7 +162,6 @@ type Proxy struct {
 
 	mu       sync.Mutex
 	state    int // stateNew, stateServing, stateClosed
-	wakeFD   int // eventfd; -1 once closed; guarded by mu
 	done     chan struct{}
 	closing  atomic.Bool
 	draining atomic.Bool
@@ -239,7 +235,6 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 		hostFD:   -1,
 		gso:      os.Getenv(gsoEnv) != "0" && sockopt.UDPGSOSupported(f),
 		epfd:     -1,
-		wakeFD:   -1,
 		done:     make(chan struct{}),
 	}
 	if backend.Addr().Is4() {
@@ -284,21 +279,13 @@ func (p *Proxy) open(f *os.File) error {
 		p.epfd = -1
 		return fmt.Errorf("epoll_create1: %w", err)
 	}
-	if p.wakeFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
-		p.wakeFD = -1
-		return fmt.Errorf("eventfd: %w", err)
-	}
-	for _, r := range []struct {
-		fd  int
-		tok int32
-	}{{p.hostFD, tokHost}, {p.wakeFD, tokWake}} {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: r.tok}
-		if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, r.fd, &ev); err != nil {
-			return fmt.Errorf("epoll_ctl: %w", err)
-		}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: tokHost}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.hostFD, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
 	}
 	// The epoll set is itself pollable: Go's netpoller parks the serving
-	// goroutine until it has events, and its read deadline times expiry.
+	// goroutine until it has events, and its read deadline times expiry and
+	// wakes the loop for Close and Shutdown (wakeLocked).
 	if err := unix.SetNonblock(p.epfd, true); err != nil {
 		return fmt.Errorf("epoll set non-blocking: %w", err)
 	}
@@ -324,12 +311,6 @@ func (p *Proxy) release() {
 		unix.Close(p.hostFD)
 		p.hostFD = -1
 	}
-	p.mu.Lock()
-	if p.wakeFD >= 0 {
-		unix.Close(p.wakeFD)
-		p.wakeFD = -1
-	}
-	p.mu.Unlock()
 	if p.epf != nil {
 		p.epf.Close()
 	} else if p.epfd >= 0 {
@@ -430,13 +411,13 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// wakeLocked makes the serving goroutine look at closing and draining.
+// wakeLocked makes the serving goroutine look at closing and draining: a
+// read deadline in the past ends its wait at once, as an expiry would.
+// closing or draining is stored first, and the loop checks both after it
+// re-arms the deadline (expire, arm), so no wake-up is lost. On an epoll
+// file already closed it does nothing.
 func (p *Proxy) wakeLocked() {
-	if p.wakeFD >= 0 {
-		var one [8]byte
-		binary.NativeEndian.PutUint64(one[:], 1)
-		unix.Write(p.wakeFD, one[:])
-	}
+	p.epf.SetReadDeadline(time.Unix(1, 0))
 }
 
 func (p *Proxy) init() {
@@ -578,9 +559,6 @@ func (p *Proxy) serve() error {
 			switch tok := p.events[i].Fd; tok {
 			case tokHost:
 				p.fromClients(now)
-			case tokWake:
-				var buf [8]byte
-				unix.Read(p.wakeFD, buf[:])
 			default:
 				p.fromBackend(tok-tokFlow0, now)
 			}

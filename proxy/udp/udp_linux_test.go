@@ -791,3 +791,20 @@ func TestIdleProxiesShareWork(t *testing.T) {
 		return int64(len(idleWork.free)) == worksMade.Load()
 	})
 }
+
+// TestProxyDescriptors checks what an idle mapping costs in descriptors: its
+// duplicate of the host socket and its epoll set, nothing else (Close and
+// Shutdown wake the loop through the epoll set's deadline).
+func TestProxyDescriptors(t *testing.T) {
+	f := hostSocket(t, "127.0.0.1:0")
+	be := echoBackend(t, "127.0.0.1:0")
+	before := countFDs(t)
+	p := start(t, f, Config{Backend: be})
+	if got := countFDs(t) - before; got != 2 {
+		t.Errorf("a serving proxy with no flow holds %d descriptors, want 2", got)
+	}
+	roundTrip(t, dial(t, hostPort(p)), []byte("one flow"))
+	if got := countFDs(t) - before; got != 4 {
+		t.Errorf("with one flow (and the test's client socket) %d descriptors, want 4", got)
+	}
+}
