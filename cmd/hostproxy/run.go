@@ -172,31 +172,56 @@ func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.Ad
 	return nil
 }
 
-// tcpGroup gathers the listening TCP sockets of one allocation or one -L
-// mapping, for addTCP to serve with one proxy.
-type tcpGroup struct {
-	ms        []tcp.Mapping
+// group gathers the sockets of one allocation or one -L mapping (one
+// protocol), for addGroup to serve with one proxy.
+type group struct {
+	proto     sockopt.Proto
+	files     []*os.File
 	frontends []netip.AddrPort
+	backends  []netip.AddrPort
 }
 
-func (g *tcpGroup) add(f *os.File, frontend, backend netip.AddrPort) {
-	g.ms = append(g.ms, tcp.Mapping{File: f, Backend: backend})
+func (g *group) add(f *os.File, frontend, backend netip.AddrPort) {
+	g.files = append(g.files, f)
 	g.frontends = append(g.frontends, frontend)
+	g.backends = append(g.backends, backend)
 }
 
-// addTCP creates one proxy serving every socket of g (tcp.NewRange: one
-// accept goroutine for all of them) and records it; an empty g adds
-// nothing. The proxy has its own descriptors: the caller closes the files.
-func (s *server) addTCP(g tcpGroup) error {
-	switch len(g.ms) {
-	case 0:
+// addGroup serves the sockets of g: TCP and UDP with one proxy for all of
+// them (tcp.NewRange, udp.NewRange: one goroutine and one epoll set), SCTP
+// with a proxy each. The proxies have their own descriptors: the caller
+// closes the files.
+func (s *server) addGroup(g group) error {
+	if len(g.files) <= 1 || g.proto == sockopt.SCTP {
+		for i, f := range g.files {
+			if err := s.add(f, g.proto, g.frontends[i], g.backends[i]); err != nil {
+				return err
+			}
+		}
 		return nil
-	case 1:
-		return s.add(g.ms[0].File, sockopt.TCP, g.frontends[0], g.ms[0].Backend)
 	}
-	name := fmt.Sprintf("%s/tcp to %s and %d more", g.frontends[0], g.ms[0].Backend, len(g.ms)-1)
-	p, err := tcp.NewRange(g.ms, tcp.Config{DialTimeout: s.cfg.DialTimeout,
-		Logger: s.log.With(logging.String("proto", sockopt.TCP.String()))})
+	name := fmt.Sprintf("%s/%s to %s and %d more", g.frontends[0], g.proto, g.backends[0], len(g.files)-1)
+	log := s.log.With(logging.String("proto", g.proto.String()))
+	var (
+		p   proxy.Proxy
+		err error
+	)
+	switch g.proto {
+	case sockopt.TCP:
+		ms := make([]tcp.Mapping, len(g.files))
+		for i, f := range g.files {
+			ms[i] = tcp.Mapping{File: f, Backend: g.backends[i]}
+		}
+		p, err = tcp.NewRange(ms, tcp.Config{DialTimeout: s.cfg.DialTimeout, Logger: log})
+	case sockopt.UDP:
+		ms := make([]udp.Mapping, len(g.files))
+		for i, f := range g.files {
+			ms[i] = udp.Mapping{File: f, Backend: g.backends[i]}
+		}
+		p, err = udp.NewRange(ms, udp.Config{IdleTimeout: s.cfg.UDPTimeout, MaxFlows: s.cfg.UDPMaxFlows, Logger: log})
+	default:
+		err = fmt.Errorf("unsupported protocol %s", g.proto)
+	}
 	if err != nil {
 		return fmt.Errorf("proxy %s: %w", name, err)
 	}
@@ -421,20 +446,13 @@ func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
 		s.closeAll()
 		return nil, "", err
 	}
-	var tcps tcpGroup // every TCP socket: one proxy
+	g := group{proto: cfg.Proto}
 	for _, b := range bindings {
 		for i, f := range b.Files {
-			host := netip.AddrPortFrom(cfg.HostIPs[i], b.Port)
-			if b.Proto == sockopt.TCP {
-				tcps.add(f, host, cfg.Backend(b.Port))
-				continue
-			}
-			if err := s.add(f, b.Proto, host, cfg.Backend(b.Port)); err != nil {
-				return fail(err)
-			}
+			g.add(f, netip.AddrPortFrom(cfg.HostIPs[i], b.Port), cfg.Backend(b.Port))
 		}
 	}
-	if err := s.addTCP(tcps); err != nil {
+	if err := s.addGroup(g); err != nil {
 		return fail(err)
 	}
 	if cfg.AwaitNAT {
@@ -483,11 +501,10 @@ func (s *server) addForward(fw forward) error {
 	if !fw.Bind.IsValid() {
 		binds, implicit = loopbacks, true
 	}
-	// The TCP sockets get one proxy (addTCP), the others one each.
-	var tcps tcpGroup
+	g := group{proto: fw.Proto}
 	defer func() {
-		for _, m := range tcps.ms {
-			m.File.Close() // the proxy has its own descriptors
+		for _, f := range g.files {
+			f.Close() // the proxies have their own descriptors
 		}
 	}()
 	for i := 0; i < fw.Ports.Len(); i++ {
@@ -503,21 +520,13 @@ func (s *server) addForward(fw forward) error {
 				return fmt.Errorf("-L %s: %w", fw, err)
 			}
 			listened++
-			if fw.Proto == sockopt.TCP {
-				tcps.add(f, host, backend)
-				continue
-			}
-			err = s.add(f, fw.Proto, host, backend)
-			f.Close()
-			if err != nil {
-				return fmt.Errorf("-L %s: %w", fw, err)
-			}
+			g.add(f, host, backend)
 		}
 		if listened == 0 {
 			return fmt.Errorf("-L %s: no address to listen on", fw)
 		}
 	}
-	if err := s.addTCP(tcps); err != nil {
+	if err := s.addGroup(g); err != nil {
 		return fmt.Errorf("-L %s: %w", fw, err)
 	}
 	return nil

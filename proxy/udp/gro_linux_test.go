@@ -230,7 +230,7 @@ func TestFlushRepliesSplits(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, gso := range []bool{true, false} {
-		p := &Proxy{work: &work{scratch: newScratch(), rep: newBatch(batchSize, MaxDatagram, false, true)}, hostFD: fd, gso: gso, start: time.Now()}
+		p := &Proxy{work: &work{scratch: newScratch(), rep: newBatch(batchSize, MaxDatagram, false, true)}, hostFD: fd, gso: gso, l: &loop{start: time.Now()}}
 		f := &flow{}
 		f.namelen = putName(f.name[:], false, client.LocalAddr().(*net.UDPAddr).AddrPort(), 0)
 		var want [][]byte

@@ -9,7 +9,9 @@
 // gives no usable PKTINFO the kernel picks the source.
 //
 // One goroutine serves everything: it waits on an epoll set holding the host
-// socket and every flow socket, reads with recvmmsg into a fixed set of
+// socket and every flow socket (for a Range, every host socket of the range
+// and all their flows, each socket keeping its own flows, bound and
+// counters), reads with recvmmsg into a fixed set of
 // 64 KiB buffers (32 per direction) and writes with sendmmsg, coalescing runs
 // of same-size datagrams for one destination with UDP GSO (UDP_SEGMENT)
 // where the kernel has it; HOSTPROXY_UDP_GSO=0 turns GSO off. The host
@@ -101,3 +103,20 @@ type Stats struct {
 }
 
 var _ proxy.Proxy = (*Proxy)(nil)
+
+// add adds o's counters to s.
+func (s *Stats) add(o Stats) {
+	s.Flows += o.Flows
+	s.FlowsCreated += o.FlowsCreated
+	s.FlowsExpired += o.FlowsExpired
+	s.FlowsEvicted += o.FlowsEvicted
+	s.FlowsFailed += o.FlowsFailed
+	s.ToBackend += o.ToBackend
+	s.ToClient += o.ToClient
+	s.BytesToBackend += o.BytesToBackend
+	s.BytesToClient += o.BytesToClient
+	s.Truncated += o.Truncated
+	s.Refused += o.Refused
+	s.Dropped += o.Dropped
+	s.Rejected += o.Rejected
+}

@@ -9,16 +9,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hostproxy/hostproxy/internal/logging"
-	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -155,31 +152,19 @@ type Proxy struct {
 	laddr    *net.UDPAddr
 	v6       bool // the host socket is AF_INET6
 
-	hostFD int // a dup of the caller's socket
-	epfd   int // the epoll set; also held (and closed) by epf
-	epf    *os.File
-	rc     syscall.RawConn
-
-	mu       sync.Mutex
-	state    int // stateNew, stateServing, stateClosed
-	done     chan struct{}
-	closing  atomic.Bool
-	draining atomic.Bool
+	hostFD int   // a dup of the caller's socket
+	l      *loop // the goroutine and epoll set serving it
+	idx    int32 // its index in l.members
 
 	st counters
 
 	// Everything below is owned by the serving goroutine.
-	start      time.Time
 	flows      map[flowKey]*flow
 	slots      []*flow
 	free       []int32
 	head, tail *flow
 	armed      bool
-	events     []unix.EpollEvent
-	nev        int
-	pollErr    error
-	pollFn     func(uintptr) bool
-	*work           // held while there are events to handle; nil while parked
+	*work           // the loop's, while it handles this proxy's events
 	rn         int  // slots of rep filled, waiting for flushReplies
 	gso        bool // UDP_SEGMENT works; turned off for good on EIO
 	gro        bool // UDP_GRO is on on the host socket
@@ -187,12 +172,6 @@ type Proxy struct {
 
 	evictLog, truncLog, sendLog, flowLog, readLog limiter
 }
-
-const (
-	stateNew = iota
-	stateServing
-	stateClosed
-)
 
 type counters struct {
 	flows                                              atomic.Int64
@@ -207,6 +186,20 @@ type counters struct {
 // without it), raises its receive buffer, and duplicates it: the caller may
 // close f once New returns.
 func New(f *os.File, cfg Config) (*Proxy, error) {
+	p, err := newMember(f, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := newLoop([]*Proxy{p}); err != nil {
+		p.release()
+		return nil, fmt.Errorf("udp proxy on %s: %w", p.laddr, err)
+	}
+	return p, nil
+}
+
+// newMember is New without the loop: the checks, the socket options and the
+// duplicate of f.
+func newMember(f *os.File, cfg Config) (*Proxy, error) {
 	if f == nil {
 		return nil, errors.New("udp proxy: nil host socket")
 	}
@@ -234,8 +227,6 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 		laddr:    net.UDPAddrFromAddrPort(info.Local),
 		hostFD:   -1,
 		gso:      os.Getenv(gsoEnv) != "0" && sockopt.UDPGSOSupported(f),
-		epfd:     -1,
-		done:     make(chan struct{}),
 	}
 	if backend.Addr().Is4() {
 		p.bsa = &unix.SockaddrInet4{Port: int(backend.Port()), Addr: backend.Addr().As4()}
@@ -250,7 +241,7 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
-// open duplicates the host socket and builds the epoll set around it.
+// open duplicates the host socket and sets its options.
 func (p *Proxy) open(f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
@@ -275,24 +266,6 @@ func (p *Proxy) open(f *os.File) error {
 	if os.Getenv(groEnv) != "0" && sockopt.EnableUDPGROFD(p.hostFD) == nil {
 		p.gro, p.flowGRO = true, true
 	}
-	if p.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		p.epfd = -1
-		return fmt.Errorf("epoll_create1: %w", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: tokHost}
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.hostFD, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl: %w", err)
-	}
-	// The epoll set is itself pollable: Go's netpoller parks the serving
-	// goroutine until it has events, and its read deadline times expiry and
-	// wakes the loop for Close and Shutdown (wakeLocked).
-	if err := unix.SetNonblock(p.epfd, true); err != nil {
-		return fmt.Errorf("epoll set non-blocking: %w", err)
-	}
-	p.epf = os.NewFile(uintptr(p.epfd), "udp-epoll")
-	if p.rc, err = p.epf.SyscallConn(); err != nil {
-		return err
-	}
 	return nil
 }
 
@@ -311,17 +284,27 @@ func (p *Proxy) release() {
 		unix.Close(p.hostFD)
 		p.hostFD = -1
 	}
-	if p.epf != nil {
-		p.epf.Close()
-	} else if p.epfd >= 0 {
-		unix.Close(p.epfd)
-	}
-	p.epfd = -1
-	p.putWork()
 }
 
 // Addr returns the host socket's address.
 func (p *Proxy) Addr() net.Addr { return p.laddr }
+
+// Serve relays until ctx is done, Close is called or Shutdown completes;
+// see proxy.Proxy.
+func (p *Proxy) Serve(ctx context.Context) error { return p.l.serve(ctx) }
+
+// Close stops at once: the host socket and every flow socket are closed and
+// Serve returns. It is safe to call more than once, from any goroutine.
+func (p *Proxy) Close() error { return p.l.close() }
+
+// Shutdown stops creating flows at once (datagrams from new clients are
+// dropped and counted as Rejected), keeps relaying for the existing flows
+// until each goes idle, and closes everything when none is left or ctx is
+// done, whichever comes first. It returns ctx.Err() in the second case.
+func (p *Proxy) Shutdown(ctx context.Context) error { return p.l.shutdown(ctx) }
+
+// now is the time of flows, in ns since the loop began.
+func (p *Proxy) now() int64 { return p.l.now() }
 
 // Stats returns the relay's counters. It is safe to call at any time.
 func (p *Proxy) Stats() Stats {
@@ -340,151 +323,6 @@ func (p *Proxy) Stats() Stats {
 		Dropped:        p.st.dropped.Load(),
 		Rejected:       p.st.rejected.Load(),
 	}
-}
-
-// Serve relays until ctx is done, Close is called or Shutdown completes;
-// see proxy.Proxy.
-func (p *Proxy) Serve(ctx context.Context) error {
-	p.mu.Lock()
-	switch p.state {
-	case stateClosed:
-		p.mu.Unlock()
-		return proxy.ErrClosed
-	case stateServing:
-		p.mu.Unlock()
-		return fmt.Errorf("udp proxy on %s: Serve called twice", p.laddr)
-	}
-	p.state = stateServing
-	p.mu.Unlock()
-
-	stop := context.AfterFunc(ctx, func() { p.Close() })
-	defer stop()
-	p.init()
-	err := p.serve()
-	p.release()
-	p.mu.Lock()
-	p.state = stateClosed
-	p.mu.Unlock()
-	close(p.done)
-	return err
-}
-
-// Close stops at once: the host socket and every flow socket are closed and
-// Serve returns. It is safe to call more than once, from any goroutine.
-func (p *Proxy) Close() error {
-	p.mu.Lock()
-	switch p.state {
-	case stateNew:
-		p.state = stateClosed
-		p.mu.Unlock()
-		p.release()
-		close(p.done)
-		return nil
-	case stateServing:
-		p.closing.Store(true)
-		p.wakeLocked()
-	}
-	p.mu.Unlock()
-	<-p.done
-	return nil
-}
-
-// Shutdown stops creating flows at once (datagrams from new clients are
-// dropped and counted as Rejected), keeps relaying for the existing flows
-// until each goes idle, and closes everything when none is left or ctx is
-// done, whichever comes first. It returns ctx.Err() in the second case.
-func (p *Proxy) Shutdown(ctx context.Context) error {
-	p.mu.Lock()
-	if p.state != stateServing {
-		p.mu.Unlock()
-		return p.Close()
-	}
-	p.draining.Store(true)
-	p.wakeLocked()
-	p.mu.Unlock()
-	select {
-	case <-p.done:
-		return nil
-	case <-ctx.Done():
-	}
-	p.Close()
-	return ctx.Err()
-}
-
-// wakeLocked makes the serving goroutine look at closing and draining: a
-// read deadline in the past ends its wait at once, as an expiry would.
-// closing or draining is stored first, and the loop checks both after it
-// re-arms the deadline (expire, arm), so no wake-up is lost. On an epoll
-// file already closed it does nothing.
-func (p *Proxy) wakeLocked() {
-	p.epf.SetReadDeadline(time.Unix(1, 0))
-}
-
-func (p *Proxy) init() {
-	p.start = time.Now()
-	p.flows = make(map[flowKey]*flow)
-	p.events = make([]unix.EpollEvent, batchSize)
-	p.pollFn = p.poll
-}
-
-// work is what an event loop needs only while it moves datagrams: the
-// receive batches of both directions and the send scratch, 4 MiB of
-// buffers (reserved, and touched only as far as datagrams fill them). A
-// proxy takes one from the process's free list when it wakes up with events
-// and gives it back before it parks, so a process serving many mappings
-// holds as many as were busy at the same time, not one per mapping. Nothing
-// in it outlives a round of the event loop: flushReplies empties rep.
-type work struct {
-	in      batch // client → backend, read from the host socket
-	rep     batch // backend → client
-	scratch       // send-side buffers
-}
-
-// worksMade counts newWork calls, for tests.
-var worksMade atomic.Int64
-
-func newWork() *work {
-	worksMade.Add(1)
-	return &work{
-		in:      newBatch(batchSize, MaxDatagram, true, true),
-		rep:     newBatch(batchSize, MaxDatagram, false, true),
-		scratch: newScratch(),
-	}
-}
-
-// idleWork is the free list of work, shared by every Proxy of the process.
-// It never shrinks: its length is the most loops that were busy at once.
-var idleWork struct {
-	mu   sync.Mutex
-	free []*work
-}
-
-// getWork gives p a work, unless it holds one.
-func (p *Proxy) getWork() {
-	if p.work != nil {
-		return
-	}
-	idleWork.mu.Lock()
-	if n := len(idleWork.free); n > 0 {
-		p.work = idleWork.free[n-1]
-		idleWork.free[n-1] = nil
-		idleWork.free = idleWork.free[:n-1]
-	}
-	idleWork.mu.Unlock()
-	if p.work == nil {
-		p.work = newWork()
-	}
-}
-
-// putWork returns p's work to the free list, if it holds one.
-func (p *Proxy) putWork() {
-	if p.work == nil {
-		return
-	}
-	idleWork.mu.Lock()
-	idleWork.free = append(idleWork.free, p.work)
-	idleWork.mu.Unlock()
-	p.work = nil
 }
 
 // scratch holds what a send builds: the datagrams to send (fwd, fwdFlows),
@@ -509,61 +347,6 @@ func newScratch() scratch {
 		hdrs:     make([]unix.Mmsghdr, sendMax),
 		iovs:     make([]unix.Iovec, sendMax),
 		ctls:     make([][ctlSize]byte, sendMax),
-	}
-}
-
-func (p *Proxy) now() int64 { return int64(time.Since(p.start)) }
-
-// poll is the RawConn.Read callback: it collects ready events without
-// blocking and asks the netpoller to wait when there are none. Before the
-// loop parks it gives its work buffers back (see work).
-func (p *Proxy) poll(fd uintptr) bool {
-	for {
-		n, err := unix.EpollWait(int(fd), p.events, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		p.nev, p.pollErr = n, err
-		if n == 0 && err == nil {
-			p.putWork()
-			return false
-		}
-		return true
-	}
-}
-
-// serve is the event loop.
-func (p *Proxy) serve() error {
-	for {
-		if p.closing.Load() {
-			return nil
-		}
-		if p.draining.Load() && len(p.flows) == 0 {
-			return nil
-		}
-		p.nev, p.pollErr = 0, nil
-		err := p.rc.Read(p.pollFn)
-		if err == nil {
-			err = p.pollErr
-		}
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				p.expire(p.now())
-				continue
-			}
-			return fmt.Errorf("udp proxy on %s: epoll_wait: %w", p.laddr, err)
-		}
-		now := p.now()
-		p.getWork()
-		for i := range p.events[:p.nev] {
-			switch tok := p.events[i].Fd; tok {
-			case tokHost:
-				p.fromClients(now)
-			default:
-				p.fromBackend(tok-tokFlow0, now)
-			}
-		}
-		p.flushReplies()
 	}
 }
 
@@ -611,7 +394,7 @@ func (p *Proxy) fromClients(now int64) {
 // sends them flow by flow, keeping each flow's order.
 func (p *Proxy) route(n int, now int64) {
 	b := &p.in
-	draining := p.draining.Load()
+	draining := p.l.draining.Load()
 	for i := range b.flows[:n] {
 		b.flows[i] = nil
 		h := &b.hdrs[i]
@@ -921,8 +704,8 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 		slot = int32(len(p.slots))
 		p.slots = append(p.slots, nil)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: slot + tokFlow0}
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: slot + tokFlow0, Pad: p.idx}
+	if err := unix.EpollCtl(p.l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		unix.Close(fd)
 		p.free = append(p.free, slot)
 		p.st.failed.Add(1)
@@ -990,15 +773,13 @@ func (p *Proxy) expire(now int64) {
 	p.arm()
 }
 
-// arm sets the epoll set's read deadline to when the least recently used
-// flow would expire, or clears it when there is no flow. An older deadline
-// that fires early only causes an extra expire pass.
+// arm makes the loop wake up by the time the least recently used flow would
+// expire (loop.armAt keeps the earliest of its members'). A deadline that
+// fires early only causes an extra expiry pass.
 func (p *Proxy) arm() {
-	var t time.Time
 	if p.tail != nil {
-		t = p.start.Add(time.Duration(p.tail.last + p.timeout))
+		p.l.armAt(p.l.start.Add(time.Duration(p.tail.last + p.timeout)))
 	}
-	p.epf.SetReadDeadline(t)
 	p.armed = p.tail != nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/hostproxy/hostproxy/proxy"
@@ -34,3 +35,32 @@ func (p *Proxy) Close() error { return nil }
 
 // Shutdown does nothing.
 func (p *Proxy) Shutdown(ctx context.Context) error { return nil }
+
+// Mapping is one host socket of a range and its backend.
+type Mapping struct {
+	File    *os.File
+	Backend netip.AddrPort
+}
+
+// Range is a set of UDP relays; on this platform NewRange always fails.
+type Range struct{}
+
+// NewRange is not supported on this platform.
+func NewRange(ms []Mapping, cfg Config) (*Range, error) {
+	return nil, fmt.Errorf("udp proxy: %w", sockopt.ErrUnsupported)
+}
+
+// Addr returns nil.
+func (r *Range) Addr() net.Addr { return nil }
+
+// Stats returns zero counters.
+func (r *Range) Stats() Stats { return Stats{} }
+
+// Serve returns proxy.ErrClosed.
+func (r *Range) Serve(ctx context.Context) error { return proxy.ErrClosed }
+
+// Close does nothing.
+func (r *Range) Close() error { return nil }
+
+// Shutdown does nothing.
+func (r *Range) Shutdown(ctx context.Context) error { return nil }
