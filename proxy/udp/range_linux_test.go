@@ -8,33 +8,9 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-// taggedBackend answers every datagram with tag followed by the datagram.
-func taggedBackend(t testing.TB, tag string) netip.AddrPort {
-	t.Helper()
-	c := listenUDP(t, "127.0.0.1:0")
-	var wg sync.WaitGroup
-	wg.Add(1)
-	t.Cleanup(func() { c.Close(); wg.Wait() })
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, MaxDatagram)
-		out := make([]byte, 0, MaxDatagram)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			out = append(append(out[:0], tag...), buf[:n]...)
-			c.WriteToUDPAddrPort(out, from)
-		}
-	}()
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
-}
 
 // startRange serves a range of n host sockets on 127.0.0.1, socket i relayed
 // to a backend that prefixes its answers with "backend i:". It returns the
@@ -47,7 +23,7 @@ func startRange(t testing.TB, n int, cfg Config) (*Range, []netip.AddrPort) {
 	)
 	for i := range n {
 		f := hostSocket(t, "127.0.0.1:0")
-		ms = append(ms, Mapping{File: f, Backend: taggedBackend(t, fmt.Sprintf("backend %d:", i))})
+		ms = append(ms, Mapping{File: f, Backend: taggedBackend(t, "127.0.0.1:0", fmt.Sprintf("backend %d:", i))})
 	}
 	r, err := NewRange(ms, cfg)
 	if err != nil {

@@ -67,6 +67,13 @@ func listenUDP(t testing.TB, addr string) *net.UDPConn {
 // echoBackend answers every datagram with the same bytes until the test ends.
 func echoBackend(t testing.TB, addr string) netip.AddrPort {
 	t.Helper()
+	return taggedBackend(t, addr, "")
+}
+
+// taggedBackend answers every datagram with tag followed by the datagram,
+// until the test ends.
+func taggedBackend(t testing.TB, addr, tag string) netip.AddrPort {
+	t.Helper()
 	c := listenUDP(t, addr)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -74,12 +81,14 @@ func echoBackend(t testing.TB, addr string) netip.AddrPort {
 	go func() {
 		defer wg.Done()
 		buf := make([]byte, MaxDatagram)
+		out := make([]byte, 0, MaxDatagram)
 		for {
 			n, from, err := c.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
 			}
-			c.WriteToUDPAddrPort(buf[:n], from)
+			out = append(append(out[:0], tag...), buf[:n]...)
+			c.WriteToUDPAddrPort(out, from)
 		}
 	}()
 	return c.LocalAddr().(*net.UDPAddr).AddrPort()
