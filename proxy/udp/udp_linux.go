@@ -141,7 +141,8 @@ func segments(size, seg int) (step int) {
 	return seg
 }
 
-// Proxy is a UDP relay. Create it with New.
+// Proxy is a UDP relay of one host socket. Create it with New; NewRange serves
+// many, each a Proxy of one Range.
 type Proxy struct {
 	log      *logging.Logger
 	timeout  int64 // ns
