@@ -499,24 +499,7 @@ func TestShutdown(t *testing.T) {
 		})
 		old := dial(t, hostPort(p))
 		roundTrip(t, old, []byte("before"))
-		done := make(chan error, 1)
-		go func() { done <- p.Shutdown(context.Background()) }()
-		waitFor(t, 5*time.Second, "a new client to be rejected", func() bool {
-			dial(t, hostPort(p)).Write([]byte("new"))
-			return p.Stats().Rejected > 0
-		})
-		// The existing flow is still served while it is active.
-		if got := roundTrip(t, old, []byte("during")); string(got) != "during" {
-			t.Errorf("reply %q during Shutdown", got)
-		}
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Shutdown: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Shutdown did not return after the flow went idle")
-		}
+		checkShutdownDrains(t, p, old, hostPort(p), "during")
 		if s := p.Stats(); s.FlowsExpired != 1 || s.Flows != 0 {
 			t.Errorf("after Shutdown: %+v", s)
 		}
@@ -533,6 +516,37 @@ func TestShutdown(t *testing.T) {
 			t.Errorf("%d flows left after Shutdown", s.Flows)
 		}
 	})
+}
+
+// drainer is what checkShutdownDrains needs: a Proxy or a Range.
+type drainer interface {
+	Shutdown(context.Context) error
+	Stats() Stats
+}
+
+// checkShutdownDrains shuts d down while old has a flow through it: a new
+// client (writing to fresh) is rejected, old is still answered (the echo of
+// "during" is want), and Shutdown returns once old's flow has gone idle.
+func checkShutdownDrains(t *testing.T, d drainer, old *net.UDPConn, fresh netip.AddrPort, want string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- d.Shutdown(context.Background()) }()
+	waitFor(t, 5*time.Second, "a new client to be rejected", func() bool {
+		dial(t, fresh).Write([]byte("new"))
+		return d.Stats().Rejected > 0
+	})
+	// The existing flow is still served while it is active.
+	if got := roundTrip(t, old, []byte("during")); string(got) != want {
+		t.Errorf("reply %q during Shutdown, want %q", got, want)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the flow went idle")
+	}
 }
 
 func TestCloseEndsEverything(t *testing.T) {
