@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -380,9 +379,6 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 	}
 	return &Range{l: l}, nil
 }
-
-// Addr returns the first socket's address.
-func (r *Range) Addr() net.Addr { return r.l.members[0].laddr }
 
 // Stats returns the counters of every socket added up.
 func (r *Range) Stats() Stats {

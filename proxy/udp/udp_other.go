@@ -50,9 +50,6 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 	return nil, fmt.Errorf("udp proxy: %w", sockopt.ErrUnsupported)
 }
 
-// Addr returns nil.
-func (r *Range) Addr() net.Addr { return nil }
-
 // Stats returns zero counters.
 func (r *Range) Stats() Stats { return Stats{} }
 
