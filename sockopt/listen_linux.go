@@ -28,7 +28,11 @@ var dropAll = func() []unix.SockFilter {
 // Listen creates a socket of proto bound to addr (for TCP and SCTP also
 // listening, with the system's maximum backlog) and returns it as an *os.File.
 //
-// The socket is close-on-exec and non-blocking. TCP sockets get SO_REUSEADDR;
+// The socket is close-on-exec and blocking: the proxies only duplicate it
+// (each makes its own descriptor non-blocking, or passes MSG_DONTWAIT),
+// and an *os.File of a non-blocking socket would register with Go's
+// netpoller, half a KiB of memory a process never gives back, per socket of
+// a range. TCP sockets get SO_REUSEADDR;
 // IPv6 sockets IPV6_V6ONLY (an IPv4-mapped addr is treated as IPv4); UDP
 // sockets IP_PKTINFO or IPV6_RECVPKTINFO; SCTP sockets SCTP_INITMSG asking for
 // MaxSCTPStreams outbound streams. With opts.DropAll the drop-all filter is
@@ -56,7 +60,7 @@ func Listen(proto Proto, addr netip.AddrPort, opts Options) (*os.File, error) {
 	default:
 		return nil, fmt.Errorf("listen %s/%s: unsupported protocol", addr, proto)
 	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, protocol)
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, protocol)
 	if err != nil {
 		if proto == SCTP && (errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT)) {
 			err = fmt.Errorf("%w: %w", ErrNoSCTP, err)
@@ -67,7 +71,7 @@ func Listen(proto Proto, addr netip.AddrPort, opts Options) (*os.File, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return os.NewFile(uintptr(fd), fmt.Sprintf("%s:%s", proto, addr)), nil
+	return os.NewFile(uintptr(fd), proto.String()+":"+addr.String()), nil
 }
 
 func setup(fd, family int, proto Proto, addr netip.AddrPort, opts Options) error {
@@ -227,15 +231,8 @@ func Inspect(f *os.File) (Info, error) {
 			return fmt.Errorf("getsockopt SO_ACCEPTCONN: %w", err)
 		}
 		info.Listening = acc != 0
-		sa, err := unix.Getsockname(fd)
-		if err != nil {
+		if info.Local, err = localAddr(fd); err != nil {
 			return fmt.Errorf("getsockname: %w", err)
-		}
-		switch sa := sa.(type) {
-		case *unix.SockaddrInet4:
-			info.Local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-		case *unix.SockaddrInet6:
-			info.Local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
 		}
 		return nil
 	})
@@ -257,6 +254,33 @@ func Inspect(f *os.File) (Info, error) {
 		info.Proto = SCTP
 	}
 	return info, nil
+}
+
+// localAddr is getsockname(2) for an IP socket, read into a buffer on the
+// stack (unix.Getsockname allocates the address it returns, and a range of
+// sockets is inspected one by one). It is invalid for other families.
+func localAddr(fd int) (netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	_, _, errno := unix.Syscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+	if errno != 0 {
+		return netip.AddrPort{}, errno
+	}
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), nil
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port)), nil
+	}
+	return netip.AddrPort{}, nil
+}
+
+// ntohs converts a port from network byte order.
+func ntohs(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // SCTPSupported returns nil when the kernel can create SCTP sockets, and an

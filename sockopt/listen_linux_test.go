@@ -101,8 +101,8 @@ func TestListenOptions(t *testing.T) {
 			if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
 				t.Errorf("F_GETFD = %#x, %v; want FD_CLOEXEC", fl, err)
 			}
-			if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
-				t.Errorf("F_GETFL = %#x, %v; want O_NONBLOCK", fl, err)
+			if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+				t.Errorf("F_GETFL = %#x, %v; want a blocking socket", fl, err)
 			}
 			reuse := getInt(t, f, unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR")
 			if (reuse != 0) != (tt.proto == sockopt.TCP) {
