@@ -14,14 +14,20 @@ import (
 // listening SCTP socket for TCP (both are SOCK_STREAM), so the protocol is
 // checked here.
 func checkListener(f *os.File) error {
+	_, err := inspectListener(f)
+	return err
+}
+
+// inspectListener is checkListener, returning what it found.
+func inspectListener(f *os.File) (sockopt.Info, error) {
 	info, err := sockopt.Inspect(f)
 	if err != nil {
-		return fmt.Errorf("tcp proxy on %s: %w", f.Name(), err)
+		return info, fmt.Errorf("tcp proxy on %s: %w", f.Name(), err)
 	}
 	if info.Proto != sockopt.TCP || !info.Listening {
-		return fmt.Errorf("tcp proxy on %s: want a listening tcp socket, got a %s (listening: %t)", f.Name(), info, info.Listening)
+		return info, fmt.Errorf("tcp proxy on %s: want a listening tcp socket, got a %s (listening: %t)", f.Name(), info, info.Listening)
 	}
-	return nil
+	return info, nil
 }
 
 // stopListening shuts the listening socket down for reading. On Linux this

@@ -4,13 +4,25 @@ package tcp
 
 import "sync"
 
+// openPort returns the port of m: a TCP listener on a duplicate of m.File.
+func openPort(m Mapping, inRange bool) (port, error) {
+	ln, err := fileListener(m.File)
+	if err != nil {
+		return port{}, err
+	}
+	return newPort(ln, m.Backend), nil
+}
+
+// close closes pt's socket, for a proxy that could not be built.
+func (pt *port) close() { pt.ln.Close() }
+
 // poller is empty on this platform: a range accepts with a goroutine per
 // socket.
 type poller struct{}
 
 func newPoller([]port) (*poller, error) { return &poller{}, nil }
 
-func (*poller) close() {}
+func (*poller) close([]port) error { return nil }
 
 // acceptRange runs acceptLoop for every socket of the range. The first
 // loop that fails stops the others.

@@ -100,15 +100,37 @@ var _ proxy.Proxy = (*Proxy)(nil)
 
 // port is one listening socket of a Proxy and where its connections go.
 type port struct {
+	// ln is the listening socket. A range on Linux keeps its sockets as
+	// bare non-blocking descriptors instead (ln nil, fd and listen set),
+	// watched only by the range's epoll set: a net.TCPListener per socket
+	// would put every one of them in Go's netpoller too, at about 1 KiB of
+	// memory each that a range of 100 ports never gives back.
 	ln          *net.TCPListener
+	fd          int            // a range's socket on Linux; owned by its poller
+	listen      netip.AddrPort // fd's address
 	backend     netip.AddrPort // unmapped
 	backendAddr string         // backend.String(), formatted once
 	backendErr  error          // non-nil when the backend is unusable
 }
 
 func newPort(ln *net.TCPListener, backend netip.AddrPort) port {
-	b := netip.AddrPortFrom(backend.Addr().Unmap(), backend.Port())
-	return port{ln: ln, backend: b, backendAddr: b.String(), backendErr: checkBackend(backend)}
+	pt := port{ln: ln, fd: -1}
+	pt.setBackend(backend)
+	return pt
+}
+
+func (pt *port) setBackend(backend netip.AddrPort) {
+	pt.backend = netip.AddrPortFrom(backend.Addr().Unmap(), backend.Port())
+	pt.backendAddr = pt.backend.String()
+	pt.backendErr = checkBackend(backend)
+}
+
+// addr is the address pt listens on.
+func (pt *port) addr() net.Addr {
+	if pt.ln != nil {
+		return pt.ln.Addr()
+	}
+	return net.TCPAddrFromAddrPort(pt.listen)
 }
 
 // Mapping is one socket of a range proxy (NewRange) and the backend its
@@ -170,8 +192,8 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 	}
 	ports := make([]port, 0, len(ms))
 	fail := func(err error) (*Proxy, error) {
-		for _, pt := range ports {
-			pt.ln.Close()
+		for i := range ports {
+			ports[i].close()
 		}
 		return nil, err
 	}
@@ -182,11 +204,11 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 		if err := checkBackend(m.Backend); err != nil {
 			return fail(err)
 		}
-		ln, err := fileListener(m.File)
+		pt, err := openPort(m, len(ms) > 1)
 		if err != nil {
 			return fail(err)
 		}
-		ports = append(ports, newPort(ln, m.Backend))
+		ports = append(ports, pt)
 	}
 	p := newProxy(ports, cfg)
 	if len(ports) == 1 {
@@ -237,7 +259,7 @@ func (p *Proxy) logFor(pt *port) *logging.Logger {
 
 // portLogger returns log with pt's fields listen and backend.
 func portLogger(log *logging.Logger, pt *port) *logging.Logger {
-	return log.With(logging.Addr("listen", pt.ln.Addr()), logging.AddrPort("backend", pt.backend))
+	return log.With(logging.Addr("listen", pt.addr()), logging.AddrPort("backend", pt.backend))
 }
 
 func checkBackend(ap netip.AddrPort) error {
@@ -248,7 +270,7 @@ func checkBackend(ap netip.AddrPort) error {
 }
 
 // Addr returns the address the proxy listens on (in a range, the first).
-func (p *Proxy) Addr() net.Addr { return p.ports[0].ln.Addr() }
+func (p *Proxy) Addr() net.Addr { return p.ports[0].addr() }
 
 // Serve accepts connections and relays each to the backend until ctx is done,
 // Close is called or Shutdown completes; then it returns nil. When ctx is done
@@ -373,7 +395,7 @@ func (p *Proxy) acceptFailed(pt *port, st *acceptFailures, err error) (bool, err
 	log := p.logFor(pt)
 	if !retryable(err) {
 		log.Error("accept failed; stopping", logging.Err(err))
-		return true, fmt.Errorf("accept tcp on %s: %w", pt.ln.Addr(), err)
+		return true, fmt.Errorf("accept tcp on %s: %w", pt.addr(), err)
 	}
 	if st.n++; st.n == 1 {
 		log.Warn("accept failed; backing off and retrying", logging.Err(err))
@@ -455,13 +477,20 @@ func (p *Proxy) stopAccepting() error {
 		close(p.stopping) // first, so that the accept loop reads the wake-up as a stop
 		for i := range p.ports {
 			ln := p.ports[i].ln
+			if ln == nil {
+				continue // the poller's
+			}
 			stopListening(ln) // the socket itself, even if f is still open elsewhere
 			if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 				errs = append(errs, fmt.Errorf("close tcp listener %s: %w", ln.Addr(), err))
 			}
 		}
 		if p.poll != nil {
-			p.poll.close() // wakes the range's accept loop
+			// Stops and closes the sockets it owns and wakes the range's
+			// accept loop.
+			if err := p.poll.close(p.ports); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	})
 	return errors.Join(errs...)

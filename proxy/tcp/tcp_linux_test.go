@@ -613,3 +613,66 @@ func spliceChild() int {
 	io.Copy(io.Discard, os.Stdin)
 	return 0
 }
+
+// TestRangeSharedSocket checks a range whose socket another holder accepts
+// on too: when that holder takes the connection epoll reported, the range's
+// accept finds none waiting and goes back to waiting, serving later
+// connections on every socket.
+func TestRangeSharedSocket(t *testing.T) {
+	files, addrs := listenFiles(t, 2)
+	var ms []Mapping
+	for i, f := range files {
+		_, be := newBackend(t, tagged(fmt.Sprintf("backend %d:", i)))
+		ms = append(ms, Mapping{File: f, Backend: be})
+	}
+	p, err := NewRange(ms, Config{})
+	if err != nil {
+		t.Fatalf("NewRange: %v", err)
+	}
+	// Nothing waiting: accept says so at once, as when the other holder
+	// took the connection.
+	if c, err := p.poll.accept(&p.ports[0]); err != errNoneWaiting {
+		t.Fatalf("accept with no connection waiting = %v, %v; want errNoneWaiting", c, err)
+	}
+	serve(t, p)
+
+	// The other holder is files[0], which the test keeps: it accepts as
+	// fast as it can, without blocking (the range made the socket
+	// non-blocking), while clients connect to that port.
+	rc, err := files[0].SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	stolen := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { stolen <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			rc.Control(func(fd uintptr) {
+				if nfd, _, err := unix.Accept4(int(fd), unix.SOCK_CLOEXEC); err == nil {
+					unix.Close(nfd)
+					n++
+				}
+			})
+		}
+	}()
+	const clients = 200
+	for range clients {
+		c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(addrs[0]))
+		if err != nil {
+			t.Fatalf("dial %s: %v", addrs[0], err)
+		}
+		c.Close()
+	}
+	close(stop)
+	t.Logf("the other holder took %d of %d connections", <-stolen, clients)
+	// The range still serves both sockets.
+	greet(t, dial(t, addrs[0]), "backend 0:")
+	greet(t, dial(t, addrs[1]), "backend 1:")
+}
