@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -179,6 +180,17 @@ type group struct {
 	files     []*os.File
 	frontends []netip.AddrPort
 	backends  []netip.AddrPort
+}
+
+// newGroup returns a group with room for n sockets, so that a range of them
+// leaves no garbage of outgrown slices in an idle process.
+func newGroup(proto sockopt.Proto, n int) group {
+	return group{
+		proto:     proto,
+		files:     make([]*os.File, 0, n),
+		frontends: make([]netip.AddrPort, 0, n),
+		backends:  make([]netip.AddrPort, 0, n),
+	}
 }
 
 func (g *group) add(f *os.File, frontend, backend netip.AddrPort) {
@@ -446,7 +458,7 @@ func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
 		s.closeAll()
 		return nil, "", err
 	}
-	g := group{proto: cfg.Proto}
+	g := newGroup(cfg.Proto, len(bindings)*len(cfg.HostIPs))
 	for _, b := range bindings {
 		for i, f := range b.Files {
 			g.add(f, netip.AddrPortFrom(cfg.HostIPs[i], b.Port), cfg.Backend(b.Port))
@@ -480,19 +492,57 @@ func addrList(addrs []netip.Addr) string {
 var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
 
 // startForwarder binds every -L mapping. It fails whole: one mapping that
-// cannot start closes the others.
+// cannot start closes the others. The sockets of all the mappings of one
+// protocol are served together, as one range (see addGroup): 100 -L flags
+// cost one goroutine and one epoll set, as one -L of 100 ports does.
 func startForwarder(cfg *config, log *logging.Logger) (*server, error) {
 	s := &server{cfg: cfg, log: log}
+	var groups []group // one per protocol, in the order of the first -L of each
+	defer func() {
+		for _, g := range groups {
+			for _, f := range g.files {
+				f.Close() // the proxies have their own descriptors
+			}
+		}
+	}()
 	for _, fw := range cfg.Forwards {
-		if err := s.addForward(fw); err != nil {
+		i := slices.IndexFunc(groups, func(g group) bool { return g.proto == fw.Proto })
+		if i < 0 {
+			groups = append(groups, newGroup(fw.Proto, forwardSockets(cfg.Forwards, fw.Proto)))
+			i = len(groups) - 1
+		}
+		if err := listenForward(fw, &groups[i]); err != nil {
 			s.closeAll()
 			return nil, err
+		}
+	}
+	for _, g := range groups {
+		if err := s.addGroup(g); err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("-L %s: %w", g.proto, err)
 		}
 	}
 	return s, nil
 }
 
-func (s *server) addForward(fw forward) error {
+// forwardSockets is an upper bound of the sockets the -L mappings of proto
+// listen on.
+func forwardSockets(fws []forward, proto sockopt.Proto) int {
+	n := 0
+	for _, fw := range fws {
+		if fw.Proto == proto {
+			if fw.Bind.IsValid() {
+				n += fw.Ports.Len()
+			} else {
+				n += fw.Ports.Len() * len(loopbacks)
+			}
+		}
+	}
+	return n
+}
+
+// listenForward binds the sockets of fw and adds them to g.
+func listenForward(fw forward, g *group) error {
 	target, err := resolve(fw.Target)
 	if err != nil {
 		return fmt.Errorf("-L %s: %w", fw, err)
@@ -501,12 +551,6 @@ func (s *server) addForward(fw forward) error {
 	if !fw.Bind.IsValid() {
 		binds, implicit = loopbacks, true
 	}
-	g := group{proto: fw.Proto}
-	defer func() {
-		for _, f := range g.files {
-			f.Close() // the proxies have their own descriptors
-		}
-	}()
 	for i := 0; i < fw.Ports.Len(); i++ {
 		backend := netip.AddrPortFrom(target, fw.TPorts.At(i))
 		listened := 0
@@ -525,9 +569,6 @@ func (s *server) addForward(fw forward) error {
 		if listened == 0 {
 			return fmt.Errorf("-L %s: no address to listen on", fw)
 		}
-	}
-	if err := s.addGroup(g); err != nil {
-		return fmt.Errorf("-L %s: %w", fw, err)
 	}
 	return nil
 }
