@@ -28,7 +28,7 @@ var chartMetrics = []chartMetric{
 	{"udp-flows", "rss_after_mib", "RSS after flows"},
 	{"startup", "start_ms", "start-up"},
 	{"startup", "idle_rss_mib", "idle RSS"},
-	{"range-100", "rss_mib", "100 ports RSS"},
+	{"range-100", "idle_pss_mib", "100 ports idle Pss"},
 }
 
 // chartBar is one bar: how many times better than docker-proxy a peer is on

@@ -56,6 +56,8 @@ type peerSpec struct {
 	// Status: fd 3 is a pipe on which the process reports "0\n" when ready
 	// or "1\n<reason>" on failure (docker-proxy's protocol).
 	Status bool
+	// EachStatus: the many-mapping command (Each) reports on fd 3 too.
+	EachStatus bool
 	// ListenFD: fd 4 is the host socket, bound (and listening for TCP) by
 	// the harness.
 	ListenFD bool
@@ -143,9 +145,10 @@ func defaultPeers(hostproxyBin string) []*peerSpec {
 		{Name: "direct", Protos: []string{"tcp", "udp"}},
 		{
 			Name: "hostproxy", Bin: hostproxyBin, Protos: []string{"tcp", "udp"},
-			Args:   append(slices.Clone(compat), "-use-listen-fd"),
-			Each:   []string{"-L", "{host_ip}:{host_port}:{backend_ip}:{backend_port}/{proto}"},
-			Status: true, ListenFD: true,
+			Args: append(slices.Clone(compat), "-use-listen-fd"),
+			Each: []string{"-L", "{host_ip}:{host_port}:{backend_ip}:{backend_port}/{proto}"},
+			// The forwarder (-L) reports on fd 3 when it is a pipe.
+			Status: true, EachStatus: true, ListenFD: true,
 		},
 		{
 			// Docker 20.10's docker-proxy has no -use-listen-fd: it binds
@@ -358,7 +361,7 @@ func start(ctx context.Context, p *peerSpec, maps []mapping, probe bool) (*insta
 			argvs = append(argvs, argv)
 		}
 	}
-	useStatus := p.Status && !(len(maps) > 1 && p.Each != nil)
+	useStatus := p.Status && (p.EachStatus || !(len(maps) > 1 && p.Each != nil))
 
 	t0 := time.Now()
 	var statuses []*os.File

@@ -114,7 +114,7 @@ func TestSmokeSocat(t *testing.T) {
 		t.Errorf("socat startup: %+v", st)
 	}
 	rg := byName["range-100"].get("socat")
-	if rg == nil || rg.Median["procs"] != 3 || rg.Median["rss_mib"] <= 0 {
+	if rg == nil || rg.Median["procs"] != 3 || rg.Median["rss_mib"] <= 0 || rg.Median["idle_pss_mib"] <= 0 {
 		t.Errorf("socat range: %+v", rg)
 	}
 	if d := byName["startup"].get("direct"); d == nil || d.Skip == "" {
