@@ -338,6 +338,14 @@ func testEMFILERecovery(t *testing.T, mode string) {
 	}()
 	for i := 0; i < 200; i++ {
 		c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(addr))
+		if errors.Is(err, syscall.ECONNRESET) {
+			// The child accepted it and reset it, unable to dial the
+			// backend: its accept loop can take the last two descriptors
+			// before the first of those connections dials. That is the
+			// proxy shedding load, not failing; the reset can beat the
+			// end of connect here.
+			continue
+		}
 		if err != nil {
 			t.Fatalf("flood connection %d: %v", i, err)
 		}
