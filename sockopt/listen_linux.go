@@ -260,27 +260,14 @@ func Inspect(f *os.File) (Info, error) {
 // stack (unix.Getsockname allocates the address it returns, and a range of
 // sockets is inspected one by one). It is invalid for other families.
 func localAddr(fd int) (netip.AddrPort, error) {
-	var rsa unix.RawSockaddrAny
-	n := uint32(unix.SizeofSockaddrAny)
-	_, _, errno := unix.Syscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+	var b [unix.SizeofSockaddrAny]byte
+	n := uint32(len(b))
+	_, _, errno := unix.Syscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&n)))
 	if errno != 0 {
 		return netip.AddrPort{}, errno
 	}
-	switch rsa.Addr.Family {
-	case unix.AF_INET:
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), nil
-	case unix.AF_INET6:
-		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port)), nil
-	}
-	return netip.AddrPort{}, nil
-}
-
-// ntohs converts a port from network byte order.
-func ntohs(p uint16) uint16 {
-	b := (*[2]byte)(unsafe.Pointer(&p))
-	return uint16(b[0])<<8 | uint16(b[1])
+	ap, _, _ := ParseSockaddr(b[:min(n, uint32(len(b)))])
+	return ap, nil
 }
 
 // SCTPSupported returns nil when the kernel can create SCTP sockets, and an

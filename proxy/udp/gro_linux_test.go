@@ -232,7 +232,7 @@ func TestFlushRepliesSplits(t *testing.T) {
 	for _, gso := range []bool{true, false} {
 		p := &Proxy{work: &work{scratch: newScratch(), rep: newBatch(batchSize, MaxDatagram, false, true)}, hostFD: fd, gso: gso, l: &loop{start: time.Now()}}
 		f := &flow{}
-		f.namelen = putName(f.name[:], false, client.LocalAddr().(*net.UDPAddr).AddrPort(), 0)
+		f.namelen = sockopt.PutSockaddr(f.name[:], false, client.LocalAddr().(*net.UDPAddr).AddrPort(), 0)
 		var want [][]byte
 		// Five coalesced buffers of 60 datagrams, one plain datagram and an
 		// empty one: 302 datagrams, more than sendMax.

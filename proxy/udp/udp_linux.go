@@ -403,7 +403,7 @@ func (p *Proxy) route(n int, now int64) {
 			p.truncated("client", now)
 			continue
 		}
-		client, scope, ok := parseName(b.names[i][:min(h.Hdr.Namelen, sizeofName)])
+		client, scope, ok := sockopt.ParseSockaddr(b.names[i][:min(h.Hdr.Namelen, sizeofName)])
 		if !ok {
 			p.st.dropped.Add(1)
 			continue
@@ -717,7 +717,7 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 		return nil
 	}
 	f := &flow{key: key, fd: fd, slot: slot, last: now}
-	f.namelen = putName(f.name[:], p.v6, key.client, key.scope)
+	f.namelen = sockopt.PutSockaddr(f.name[:], p.v6, key.client, key.scope)
 	if src := pi.Local; src.IsValid() && !src.IsUnspecified() && !src.IsMulticast() {
 		var ifindex uint32
 		if src.Is6() && !src.Is4In6() && src.IsLinkLocalUnicast() {

@@ -654,41 +654,6 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-func TestNames(t *testing.T) {
-	for _, tc := range []struct {
-		ap    string
-		scope uint32
-		v6    bool
-		want  string // as parsed back
-		n     uint32
-	}{
-		{"192.0.2.1:53", 0, false, "192.0.2.1:53", 16},
-		{"[2001:db8::1]:65535", 0, true, "[2001:db8::1]:65535", 28},
-		{"[fe80::1]:1", 7, true, "[fe80::1]:1", 28},
-		{"192.0.2.1:53", 0, true, "[::ffff:192.0.2.1]:53", 28},
-		{"[::ffff:192.0.2.1]:53", 0, false, "192.0.2.1:53", 16},
-	} {
-		var b [sizeofName]byte
-		n := putName(b[:], tc.v6, netip.MustParseAddrPort(tc.ap), tc.scope)
-		if n != tc.n {
-			t.Errorf("putName(%s, v6=%v) length %d, want %d", tc.ap, tc.v6, n, tc.n)
-		}
-		got, scope, ok := parseName(b[:n])
-		if !ok || got.String() != tc.want || scope != tc.scope {
-			t.Errorf("parseName(putName(%s, v6=%v)) = %s scope %d ok %v, want %s scope %d", tc.ap, tc.v6, got, scope, ok, tc.want, tc.scope)
-		}
-		if _, _, ok := parseName(b[:n-1]); ok {
-			t.Errorf("parseName accepted a cut sockaddr for %s", tc.ap)
-		}
-	}
-	if _, _, ok := parseName(nil); ok {
-		t.Error("parseName(nil) ok")
-	}
-	if _, _, ok := parseName([]byte{0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}); ok {
-		t.Error("parseName accepted an unknown family")
-	}
-}
-
 func TestPlanGroups(t *testing.T) {
 	a, b := &flow{}, &flow{}
 	big := gsoMaxSegment + 1

@@ -1,4 +1,4 @@
-package udp
+package sockopt
 
 import (
 	"encoding/binary"
@@ -7,10 +7,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// parseName decodes a struct sockaddr_in or sockaddr_in6 as recvmsg fills
-// msg_name. The address keeps the form the kernel used (IPv4-mapped stays
+// ParseSockaddr decodes a struct sockaddr_in or sockaddr_in6, as recvmsg
+// fills msg_name and getsockname its buffer. The address keeps the form the kernel used (IPv4-mapped stays
 // mapped); the IPv6 scope id is returned apart, so no zone string is built.
-func parseName(b []byte) (ap netip.AddrPort, scope uint32, ok bool) {
+func ParseSockaddr(b []byte) (ap netip.AddrPort, scope uint32, ok bool) {
 	if len(b) < 2 {
 		return ap, 0, false
 	}
@@ -30,10 +30,10 @@ func parseName(b []byte) (ap netip.AddrPort, scope uint32, ok bool) {
 	return ap, 0, false
 }
 
-// putName encodes ap as the sockaddr of a socket of the given family (IPv6
+// PutSockaddr encodes ap as the sockaddr of a socket of the given family (IPv6
 // when v6) into b and returns its length; an IPv4 address on an IPv6 socket
 // is written IPv4-mapped.
-func putName(b []byte, v6 bool, ap netip.AddrPort, scope uint32) uint32 {
+func PutSockaddr(b []byte, v6 bool, ap netip.AddrPort, scope uint32) uint32 {
 	clear(b)
 	if v6 {
 		binary.NativeEndian.PutUint16(b, unix.AF_INET6)
