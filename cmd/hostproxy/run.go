@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/hostproxy/hostproxy/alloc"
-	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/proxy/sctp"
 	"github.com/hostproxy/hostproxy/proxy/tcp"

@@ -9,7 +9,7 @@ import (
 	"os"
 	"sync"
 
-	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
 	"golang.org/x/sys/unix"
 )

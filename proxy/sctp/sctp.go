@@ -24,7 +24,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
 )
 

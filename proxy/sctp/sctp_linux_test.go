@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/proxy/sctp"

@@ -10,7 +10,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/logging"
 )
 
 // relay is one client connection and, once dialed, its backend connection.

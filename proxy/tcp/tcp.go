@@ -35,7 +35,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
 )
 

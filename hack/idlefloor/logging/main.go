@@ -1,5 +1,5 @@
 // Command logging is hack/idlefloor/bare plus hostproxy's logging (zapcore
-// with internal/logging's encoder), logging a failed accept as hostproxy
+// with logging's encoder), logging a failed accept as hostproxy
 // does. Its idle memory is the floor of a Go 1.26 binary that logs through
 // zapcore: everything hostproxy adds beyond it is its own code.
 package main
@@ -12,7 +12,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"github.com/hostproxy/hostproxy/internal/logging"
+	"github.com/hostproxy/hostproxy/logging"
 )
 
 func main() {
