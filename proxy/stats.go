@@ -22,7 +22,7 @@ type StreamCounters struct {
 // StreamSnapshot is a copy of StreamCounters taken at one moment.
 type StreamSnapshot struct {
 	Accepted, BytesUp, BytesDown, DialErrors, AcceptErrors, Resets uint64
-	Active                                                          int64
+	Active                                                         int64
 }
 
 // Snapshot returns the current values. Each is read atomically; together

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/internal/testenv"
+	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/proxy/sctp"
 	"github.com/hostproxy/hostproxy/sockopt"

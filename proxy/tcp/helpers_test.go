@@ -16,8 +16,8 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/internal/testenv"
+	"github.com/hostproxy/hostproxy/logging"
 )
 
 func TestMain(m *testing.M) {

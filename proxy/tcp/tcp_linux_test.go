@@ -20,8 +20,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
-	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/internal/testenv"
+	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
