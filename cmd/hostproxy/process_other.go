@@ -15,7 +15,10 @@ func closeOnExec(fd int) {}
 var (
 	stopSignals = []os.Signal{os.Interrupt}
 	natSignal   os.Signal // none: -await-nat fails with sockopt.ErrUnsupported anyway
+	hupSignal   os.Signal // none
 )
+
+func ignoreSIGHUP() {}
 
 func ignoreSIGPIPE() {}
 

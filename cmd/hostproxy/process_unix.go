@@ -43,7 +43,12 @@ func closeOnExec(fd int) { syscall.CloseOnExec(fd) }
 var (
 	stopSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM}
 	natSignal   = os.Signal(syscall.SIGUSR1) // NAT is in place: detach the filter
+	hupSignal   = os.Signal(syscall.SIGHUP)  // logged at info and ignored
 )
+
+// ignoreSIGHUP keeps SIGHUP (a terminal hanging up, a reload request) from
+// ending the process during the set-up, before run's handler takes it.
+func ignoreSIGHUP() { signal.Ignore(syscall.SIGHUP) }
 
 // ignoreSIGPIPE makes a write to a closed pipe (stderr included) return
 // EPIPE instead of killing the process.

@@ -33,8 +33,10 @@ const resolveTimeout = 10 * time.Second
 func run(args []string, stdout, stderr io.Writer) int {
 	// Which of fd 3 and fd 4 did the parent pass (probeFD tells them from
 	// what the Go runtime opened itself)? Keep them from leaking into any
-	// child.
-	fd3, fd4 := probeFD(statusFD), probeFD(listenFD)
+	// child. Sockets of systemd's socket activation, which start at fd 3,
+	// are neither.
+	sm := takeServiceManager()
+	fd3, fd4 := sm.probe(statusFD), sm.probe(listenFD)
 	if fd3.Open {
 		closeOnExec(statusFD)
 	}
@@ -42,6 +44,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		closeOnExec(listenFD)
 	}
 	ignoreSIGPIPE()
+	ignoreSIGHUP()
 
 	cfg, err := parseArgs(args)
 	if err != nil {
@@ -63,6 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return startFailed(st, stderr, err)
 	}
 	defer log.Sync()
+	sm.report(log)
 
 	var (
 		s     *server
@@ -74,11 +78,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case modeAllocate:
 		s, extra, err = startAllocate(cfg, log)
 	case modeForwarder:
-		s, err = startForwarder(cfg, log)
+		s, err = startForwarder(cfg, log, sm)
 	}
 	if err != nil {
 		return startFailed(st, stderr, err)
 	}
+	sm.closeUnused(log)
+	s.sm = sm
 	// The handlers are in place before any status is written: an engine
 	// may signal the instant it reads "0\n". They are installed only now,
 	// after the set-up: os/signal's first Notify starts a goroutine, which
@@ -92,8 +98,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if natSignal != nil {
 		signal.Notify(sigs, natSignal)
 	}
+	if hupSignal != nil {
+		signal.Notify(sigs, hupSignal)
+	}
 	s.serve()
 	st.ready(extra)
+	sm.ready(log)
 	return s.wait(sigs)
 }
 
@@ -141,7 +151,8 @@ type server struct {
 	// filtered are the sockets bound with the drop-all filter
 	// (-await-nat), held open until SIGUSR1 detaches it.
 	filtered []*alloc.Binding
-	errc     chan error // Serve results
+	errc     chan error      // Serve results
+	sm       *serviceManager // told when hostproxy stops; nil: nobody
 }
 
 // add creates the proxy serving the socket f and records it; Serve starts
@@ -302,6 +313,10 @@ func (s *server) wait(sigs <-chan os.Signal) int {
 	for running > 0 {
 		select {
 		case sig := <-sigs:
+			if sig == hupSignal {
+				s.log.Info("SIGHUP ignored: hostproxy has no configuration to reload (SIGTERM stops it)")
+				continue
+			}
 			if natSignal != nil && sig == natSignal {
 				if len(s.filtered) == 0 {
 					s.log.Debug("SIGUSR1 ignored: no socket has a filter")
@@ -327,6 +342,7 @@ func (s *server) wait(sigs <-chan os.Signal) int {
 // stop ends every proxy: at once when DrainTimeout is 0, otherwise
 // gracefully for at most DrainTimeout, or until another stop signal.
 func (s *server) stop(sigs <-chan os.Signal) {
+	s.sm.stopping(s.log)
 	// Our copies of filtered sockets would keep them listening.
 	s.releaseFiltered()
 	if s.cfg.DrainTimeout <= 0 {
@@ -350,7 +366,7 @@ func (s *server) stop(sigs <-chan os.Signal) {
 		case <-done:
 			return
 		case sig := <-sigs:
-			if natSignal != nil && sig == natSignal {
+			if natSignal != nil && sig == natSignal || sig == hupSignal {
 				continue
 			}
 			cancel() // a second stop signal: at once
@@ -495,7 +511,7 @@ var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAd
 // cannot start closes the others. The sockets of all the mappings of one
 // protocol are served together, as one range (see addGroup): 100 -L flags
 // cost one goroutine and one epoll set, as one -L of 100 ports does.
-func startForwarder(cfg *config, log *logging.Logger) (*server, error) {
+func startForwarder(cfg *config, log *logging.Logger, sm *serviceManager) (*server, error) {
 	s := &server{cfg: cfg, log: log}
 	var groups []group // one per protocol, in the order of the first -L of each
 	defer func() {
@@ -511,7 +527,7 @@ func startForwarder(cfg *config, log *logging.Logger) (*server, error) {
 			groups = append(groups, newGroup(fw.Proto, forwardSockets(cfg.Forwards, fw.Proto)))
 			i = len(groups) - 1
 		}
-		if err := listenForward(fw, &groups[i]); err != nil {
+		if err := listenForward(fw, &groups[i], sm); err != nil {
 			s.closeAll()
 			return nil, err
 		}
@@ -541,8 +557,9 @@ func forwardSockets(fws []forward, proto sockopt.Proto) int {
 	return n
 }
 
-// listenForward binds the sockets of fw and adds them to g.
-func listenForward(fw forward, g *group) error {
+// listenForward binds the sockets of fw (or takes those systemd passed) and
+// adds them to g.
+func listenForward(fw forward, g *group, sm *serviceManager) error {
 	target, err := resolve(fw.Target)
 	if err != nil {
 		return fmt.Errorf("-L %s: %w", fw, err)
@@ -556,7 +573,7 @@ func listenForward(fw forward, g *group) error {
 		listened := 0
 		for _, b := range binds {
 			host := netip.AddrPortFrom(b, fw.Ports.At(i))
-			f, err := sockopt.Listen(fw.Proto, host, sockopt.Options{})
+			f, err := sm.listen(fw.Proto, host)
 			if err != nil {
 				if implicit && b.Is6() && noIPv6(err) {
 					continue // a host without ::1 serves 127.0.0.1 only
