@@ -73,6 +73,7 @@ type config struct {
 	DrainTimeout time.Duration
 	LogLevel     zapcore.Level
 	LogFormat    logging.Format
+	LogTarget    logTarget
 }
 
 // Backend returns the container address host port p maps to.
@@ -99,6 +100,7 @@ type flags struct {
 	dialTimeout, udpTimeout, drainTimeout       time.Duration
 	udpMaxFlows                                 int
 	logLevel, logFormat                         string
+	logTarget                                   string
 }
 
 func newFlags() *flags {
@@ -120,6 +122,7 @@ func newFlags() *flags {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 0, "on SIGINT/SIGTERM let open connections finish for this `duration` (default 0 with docker-proxy's flags, 10s with -L)")
 	fs.StringVar(&f.logLevel, "log-level", defaultLogLevel, "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", defaultLogFormat, "log `format`: console or json")
+	fs.StringVar(&f.logTarget, "log-target", defaultLogTargetS, "where logs go, a `target`: stderr, journald (the systemd journal's native protocol) or auto (journald when stderr is the journal or /dev/null and the journal socket exists, else stderr)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")
 	return f
@@ -159,6 +162,9 @@ func parseArgs(args []string) (*config, error) {
 		c.LogFormat = logging.Format(f.logFormat)
 	default:
 		return nil, fmt.Errorf("-log-format: unknown format %q (want console or json)", f.logFormat)
+	}
+	if c.LogTarget, err = parseLogTarget(f.logTarget); err != nil {
+		return nil, fmt.Errorf("-log-target: %w", err)
 	}
 	for _, d := range []struct {
 		name string

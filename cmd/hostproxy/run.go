@@ -61,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	st := newStatus(useStatus(fd3, cfg.Mode == modeForwarder))
 
-	log, err := logging.NewWriter(stderr, cfg.LogLevel, cfg.LogFormat)
+	log, err := newLogger(cfg, stderr)
 	if err != nil {
 		return startFailed(st, stderr, err)
 	}
