@@ -320,3 +320,28 @@ func TestSocketActivationOtherPID(t *testing.T) {
 		return
 	}
 }
+
+// TestSystemdSocketActivate runs hostproxy under systemd's own
+// systemd-socket-activate, which binds the port, waits for the first
+// connection and then execs hostproxy with LISTEN_FDS, LISTEN_PID and
+// LISTEN_FDNAMES set as systemd does: that first connection, queued on the
+// inherited socket before hostproxy started, is relayed, and so are later
+// ones.
+func TestSystemdSocketActivate(t *testing.T) {
+	t.Parallel()
+	ssa := testenv.RequireCommand(t, "systemd-socket-activate")
+	b := tcpEcho(t, lo4, 0, "b:")
+	n := listenNotify(t)
+	port := freePort(t, lo4)
+	front := netip.AddrPortFrom(lo4, port)
+	cmd := exec.Command(ssa, "-l", front.String(), "--fdname=web", "-E", "NOTIFY_SOCKET="+n.path,
+		hostproxyBin(t), "-L", fmt.Sprintf("%s:%s", front, b))
+	p := startCmd(t, cmd)
+	// systemd-socket-activate is listening once it says so on stderr.
+	waitFor(t, "systemd-socket-activate to listen", func() bool { return strings.Contains(p.stderr.String(), "Listening on") })
+	checkTCP(t, front, "b:")
+	n.expect(t, p, "READY=1")
+	checkTCP(t, front, "b:")
+	p.stop(t, syscall.SIGTERM)
+	n.expect(t, p, "STOPPING=1")
+}
