@@ -345,3 +345,39 @@ func TestSystemdSocketActivate(t *testing.T) {
 	p.stop(t, syscall.SIGTERM)
 	n.expect(t, p, "STOPPING=1")
 }
+
+// TestSocketActivationBadCount: LISTEN_FDS that is not a count, with our
+// pid in LISTEN_PID, is reported as a warning and ignored: fd 3 is the
+// status pipe, and hostproxy binds its port itself and serves.
+func TestSocketActivationBadCount(t *testing.T) {
+	t.Parallel()
+	sh := testenv.RequireCommand(t, "sh")
+	b := tcpEcho(t, lo4, 0, "b:")
+	for attempt := 1; ; attempt++ {
+		port := freePort(t, lo4)
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(sh, "-c", `export LISTEN_PID=$$ LISTEN_FDS=many; exec "$0" "$@"`,
+			hostproxyBin(t), "-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b))
+		cmd.ExtraFiles = []*os.File{w}
+		p := startCmd(t, cmd)
+		w.Close()
+		p.status = r
+		got := p.readStatus(t)
+		r.Close()
+		if attempt < 5 && strings.Contains(got, "address already in use") {
+			continue
+		}
+		if got != "0\n" {
+			t.Fatalf("fd 3: %q, want \"0\\n\"", got)
+		}
+		checkTCP(t, netip.AddrPortFrom(lo4, port), "b:")
+		if log := p.stderr.String(); !strings.Contains(log, `LISTEN_FDS=\"many\"`) || strings.Count(log, "\n") != 1 {
+			t.Errorf("want one warning naming LISTEN_FDS, got:\n%s", log)
+		}
+		p.stop(t, syscall.SIGTERM)
+		return
+	}
+}
