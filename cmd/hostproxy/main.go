@@ -25,8 +25,8 @@ import (
 )
 
 // version is the version a release build sets at link time:
-// -ldflags "-X main.version=v1.2.3". When it is empty, -version reports
-// what the build info says (versionFromBuildInfo).
+// -ldflags "-X main.version=v1.2.3". Read it through buildVersion, which
+// falls back to the build info when it is empty.
 var version string
 
 func main() {
@@ -34,12 +34,18 @@ func main() {
 }
 
 func printVersion(w io.Writer) {
-	v := version
-	if v == "" {
-		info, _ := debug.ReadBuildInfo()
-		v = versionFromBuildInfo(info)
+	fmt.Fprintf(w, "hostproxy version %s (%s %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// buildVersion is the version of this binary: the one set with -ldflags,
+// else what its build info says. It reads the build info on each call, so
+// nothing is parsed in a process that never asks.
+func buildVersion() string {
+	if version != "" {
+		return version
 	}
-	fmt.Fprintf(w, "hostproxy version %s (%s %s/%s)\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	info, _ := debug.ReadBuildInfo()
+	return versionFromBuildInfo(info)
 }
 
 // versionFromBuildInfo names the build described by info (nil when the
