@@ -86,6 +86,9 @@ func TestVersionOfBuild(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(name, args...)
 		cmd.Dir = repo
+		// GOWORK=off: build the product's module alone, whatever workspace
+		// file the checkout has for its tools.
+		cmd.Env = append(os.Environ(), "GOWORK=off")
 		var out bytes.Buffer
 		cmd.Stdout = &out
 		cmd.Stderr = &out
