@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,10 +61,14 @@ func TestVersionOfBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	list := exec.Command(git, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+	// safe.directory: a checkout owned by another user is only read here.
+	list := exec.Command(git, "-c", "safe.directory="+root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
 	list.Dir = root
+	var stderr bytes.Buffer
+	list.Stderr = &stderr
 	files, err := list.Output()
-	testenv.Require(t, err == nil, "needs a git checkout of hostproxy: git ls-files in "+root+" failed")
+	testenv.Require(t, err == nil, fmt.Sprintf("needs a git checkout of hostproxy: git ls-files in %s: %v: %s",
+		root, err, bytes.TrimSpace(stderr.Bytes())))
 
 	repo := t.TempDir()
 	for _, name := range strings.Split(strings.TrimRight(string(files), "\x00"), "\x00") {
