@@ -21,17 +21,69 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/debug"
 )
 
-// version is set at link time: -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version is the version a release build sets at link time:
+// -ldflags "-X main.version=v1.2.3". Read it through buildVersion, which
+// falls back to the build info when it is empty.
+var version string
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 func printVersion(w io.Writer) {
-	fmt.Fprintf(w, "hostproxy version %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(w, "hostproxy version %s (%s %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// buildVersion is the version of this binary: the one set with -ldflags,
+// else what its build info says. It reads the build info on each call, so
+// nothing is parsed in a process that never asks.
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	info, _ := debug.ReadBuildInfo()
+	return versionFromBuildInfo(info)
+}
+
+// versionFromBuildInfo names the build described by info (nil when the
+// binary has none):
+//   - the main module's version, as `go install ...@v1.2.3` records it (and
+//     as Go 1.24+ derives it from the repository's tag or commit, with
+//     "+dirty" for uncommitted changes, when it stamps VCS information);
+//   - otherwise the VCS revision, shortened to 12 characters, with
+//     "-modified" when the working tree had uncommitted changes;
+//   - otherwise "dev" (for example a build with -buildvcs=false, or from a
+//     git worktree, where Go records no VCS information).
+func versionFromBuildInfo(info *debug.BuildInfo) string {
+	if info == nil {
+		return "dev"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev string
+	modified := false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "dev"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if modified {
+		rev += "-modified"
+	}
+	return rev
 }
 
 const usageHead = `hostproxy: a userland port proxy for container hosts (a docker-proxy
