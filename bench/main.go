@@ -5,6 +5,11 @@
 //	go run ./bench -quick                # every test and peer once, < 2 min
 //	go run ./bench -results bench/results # also write the README table, chart and JSON
 //
+// The harness is its own module (its chart needs gonum.org/v1/plot, which
+// the product must not require). From the repository root, go.work puts both
+// modules in one workspace, so the commands above work there; without the
+// workspace, run it from its directory: (cd bench && go run .).
+//
 // The harness runs its own backends in-process (TCP echo, sink and source,
 // UDP echo) and starts each proxy under test as a subprocess from a command
 // template: docker-proxy with its fd 3 status pipe, hostproxy in docker-proxy
@@ -252,15 +257,23 @@ func selectPeers(list string, known []*peerSpec, log io.Writer) ([]*peerSpec, er
 }
 
 // buildHostproxy builds ./cmd/hostproxy into dir the way the README says to
-// install it (testenv.ReleaseEnv).
+// install it (testenv.ReleaseEnv), from the hostproxy module's own directory
+// and with GOWORK=off, so that the workspace's other modules (this one's
+// plotting dependencies) cannot change the versions the product links.
 func buildHostproxy(ctx context.Context, dir string) (string, error) {
+	const pkg = "github.com/hostproxy/hostproxy/cmd/hostproxy"
+	src, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/hostproxy/hostproxy").Output()
+	if err != nil {
+		return "", fmt.Errorf("find the hostproxy module with go list -m: %w", err)
+	}
 	out := filepath.Join(dir, "hostproxy")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/hostproxy/hostproxy/cmd/hostproxy")
-	cmd.Env = testenv.ReleaseEnv()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = strings.TrimSpace(string(src))
+	cmd.Env = append(testenv.ReleaseEnv(), "GOWORK=off")
 	msg, err := cmd.CombinedOutput()
 	if err != nil {
 		first, _, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")
-		return "", fmt.Errorf("go build ./cmd/hostproxy: %w: %s", err, first)
+		return "", fmt.Errorf("go build %s in %s: %w: %s", pkg, cmd.Dir, err, first)
 	}
 	return out, nil
 }
