@@ -21,8 +21,12 @@ import (
 const fakeProxyEnv = "HOSTPROXY_BENCH_FAKE_PROXY"
 
 // fakeAcceptEnv, when set to N, makes the fake proxy stop accepting after
-// N connections, as a proxy out of descriptors does.
-const fakeAcceptEnv = "HOSTPROXY_BENCH_FAKE_ACCEPT"
+// N connections, as a proxy out of descriptors does; with fakeExitEnv=1 it
+// exits instead, as docker-proxy does.
+const (
+	fakeAcceptEnv = "HOSTPROXY_BENCH_FAKE_ACCEPT"
+	fakeExitEnv   = "HOSTPROXY_BENCH_FAKE_EXIT"
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(fakeProxyEnv) == "1" {
@@ -59,6 +63,9 @@ func fakeProxy(args []string) error {
 	limit, _ := strconv.Atoi(os.Getenv(fakeAcceptEnv))
 	for n := 0; ; n++ {
 		if limit > 0 && n == limit {
+			if os.Getenv(fakeExitEnv) == "1" {
+				return fmt.Errorf("accept: too many open files")
+			}
 			select {} // until killed
 		}
 		c, err := ln.Accept()
@@ -200,39 +207,52 @@ func TestOpenConns(t *testing.T) {
 	}
 }
 
-// TestOpenConnsStall checks that a proxy that stops accepting ends the
-// round within the per-connection timeout, with the number opened and the
-// failure in the round's note.
+// TestOpenConnsStall checks that a proxy that stops accepting, or exits,
+// ends the round within the per-connection timeout, with the number opened
+// and the failure in the round's note.
 func TestOpenConnsStall(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the harness measures Linux processes")
 	}
 	const n, limit = 100, 31 // the first connection is the warm-up
-	p := fakePeer(t)
-	t.Setenv(fakeAcceptEnv, strconv.Itoa(limit))
-	td := &testDef{Name: "open", Proto: "tcp", Backend: tcpEcho, Run: openConns(n), ProxyOnly: true, Op: "conn", OpScale: 1,
-		Metrics: []metricDef{{"kib_per_conn", "KiB", false}, {"opened", "", true}}}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	t0 := time.Now()
-	rep, err := runAll(ctx, &config{Rounds: 1, Parallel: 4}, []*testDef{td}, []*peerSpec{p}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if el := time.Since(t0); el > 4*openDialTimeout {
-		t.Errorf("a stalled proxy held the round for %v", el)
-	}
-	r := rep.Tests[0].Peers[0]
-	if len(r.Rounds) != 1 {
-		t.Fatalf("fake: %+v", r)
-	}
-	if got := r.Rounds[0].Metrics["opened"]; got != limit-1 {
-		t.Errorf("opened %v, want %d", got, limit-1)
-	}
-	if note := r.Rounds[0].Note; !strings.Contains(note, fmt.Sprintf("opened %d of %d", limit-1, n)) {
-		t.Errorf("note %q does not say how many opened", note)
-	}
-	if rows := tableRows(rep); !strings.Contains(rows[0][alsoColumn], "FAILED") {
-		t.Errorf("table row does not say FAILED: %q", rows[0])
+	for _, tc := range []struct {
+		exit string
+		note string
+	}{
+		{"0", "i/o timeout"},
+		{"1", "too many open files"},
+	} {
+		p := fakePeer(t)
+		t.Setenv(fakeAcceptEnv, strconv.Itoa(limit))
+		t.Setenv(fakeExitEnv, tc.exit)
+		td := &testDef{Name: "open", Proto: "tcp", Backend: tcpEcho, Run: openConns(n), ProxyOnly: true, Op: "conn", OpScale: 1,
+			Metrics: []metricDef{{"kib_per_conn", "KiB", false}, {"opened", "", true}}}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		t0 := time.Now()
+		rep, err := runAll(ctx, &config{Rounds: 1, Parallel: 4}, []*testDef{td}, []*peerSpec{p}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if el := time.Since(t0); el > 4*openDialTimeout {
+			t.Errorf("exit=%s: a stalled proxy held the round for %v", tc.exit, el)
+		}
+		r := rep.Tests[0].Peers[0]
+		if len(r.Rounds) != 1 {
+			t.Fatalf("exit=%s: %+v", tc.exit, r)
+		}
+		// A proxy that exits takes the connections whose echo is still on
+		// its way (one per parallel opener) with it.
+		got := int(r.Rounds[0].Metrics["opened"])
+		if got > limit-1 || (tc.exit == "0" && got != limit-1) || got < limit-1-4 {
+			t.Errorf("exit=%s: opened %v, want %d", tc.exit, got, limit-1)
+		}
+		note := r.Rounds[0].Note
+		if !strings.Contains(note, fmt.Sprintf("opened %d of %d", got, n)) || !strings.Contains(note, tc.note) {
+			t.Errorf("exit=%s: note %q does not say how many opened and %q", tc.exit, note, tc.note)
+		}
+		if rows := tableRows(rep); !strings.Contains(rows[0][alsoColumn], "FAILED") {
+			t.Errorf("exit=%s: table row does not say FAILED: %q", tc.exit, rows[0])
+		}
 	}
 }

@@ -95,13 +95,21 @@ func openConns(n int) func(ctx context.Context, r *round) (map[string]float64, e
 		if opened == 0 {
 			return nil, failure
 		}
-		rest, err := atRest(ctx, r.pids)
-		if err != nil {
-			return nil, err
-		}
 		r.ops = float64(opened)
 		if failure != nil {
 			r.note = fmt.Sprintf("opened %d of %d: %v", opened, n, failure)
+		}
+		if r.inst != nil {
+			// A proxy that exits when it runs out of descriptors
+			// (docker-proxy) leaves nothing to measure at rest.
+			if how := waitExit(r.inst, failure != nil); how != "" {
+				r.note = fmt.Sprintf("opened %d of %d, then %s", opened, n, how)
+				return map[string]float64{"opened": float64(opened), "open_s": openTime.Seconds()}, nil
+			}
+		}
+		rest, err := atRest(ctx, r.pids)
+		if err != nil {
+			return nil, err
 		}
 		perConn := func(at, before uint64) float64 {
 			return (float64(at) - float64(before)) / float64(opened)
@@ -170,4 +178,24 @@ func atRest(ctx context.Context, pids []int) (usage, error) {
 		case <-t.C:
 		}
 	}
+}
+
+// waitExit returns how the instance's process ended if it has, or "". After
+// a failed connection it gives the processes half a second to finish
+// exiting, since the failure may be the process going away.
+func waitExit(in *instance, failed bool) string {
+	if !failed {
+		return in.exited()
+	}
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	for _, pr := range in.procs {
+		select {
+		case <-pr.done:
+			return in.exited()
+		case <-t.C:
+			return in.exited()
+		}
+	}
+	return ""
 }

@@ -162,7 +162,7 @@ func runRound(ctx context.Context, cfg *config, t *testDef, p *peerSpec, be *bac
 		}
 		defer in.stop()
 		r.target = maps[0].Host
-		r.pids = in.pids()
+		r.pids, r.inst = in.pids(), in
 		mon = startMonitor(r.pids)
 	}
 	m, err := t.Run(ctx, r)

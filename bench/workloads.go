@@ -60,8 +60,9 @@ type round struct {
 	be     *backends
 	target netip.AddrPort // where clients send: the proxy, or the backend for direct
 	// pids are the proxy's top-level processes (nil for direct and Spawn
-	// tests).
+	// tests), and inst the instance they belong to.
 	pids []int
+	inst *instance
 	// res is filled by Spawn tests (others are measured by the harness).
 	res resources
 
