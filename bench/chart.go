@@ -25,7 +25,7 @@ var chartMetrics = []chartMetric{
 	{"tcp-rr", cpuPerOpKey, "CPU per RR"},
 	{"tcp-conn-rate", "conn_s", "conn/s"},
 	{"tcp-conn-rate", cpuPerOpKey, "CPU per conn"},
-	{"tcp-open-4k", "kib_per_conn", "memory per open conn"},
+	{"tcp-open-1k", "kib_per_conn", "memory per open conn"},
 	{"udp-dgrams", "dgrams_s", "UDP dgrams/s"},
 	{"udp-flows", "flows_s", "UDP flows/s"},
 	{"udp-flows", "rss_after_mib", "RSS after flows"},
@@ -57,7 +57,8 @@ func chartBars(rep *report) ([]chartBar, []string) {
 			continue
 		}
 		higher := tr.higherBetter(cm.Metric)
-		g, n := len(labels), len(bars)
+		g := len(labels)
+		labels = append(labels, cm.Label)
 		for _, peer := range rep.Peers {
 			if peer == "docker-proxy" {
 				continue
@@ -67,9 +68,6 @@ func chartBars(rep *report) ([]chartBar, []string) {
 				continue
 			}
 			bars = append(bars, chartBar{Peer: peer, Group: g, Value: a})
-		}
-		if len(bars) > n {
-			labels = append(labels, cm.Label)
 		}
 	}
 	return bars, labels
