@@ -219,7 +219,7 @@ func TestOpenConnsStall(t *testing.T) {
 		exit string
 		note string
 	}{
-		{"0", "i/o timeout"},
+		{"0", "no echo from"},
 		{"1", "too many open files"},
 	} {
 		p := fakePeer(t)

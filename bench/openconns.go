@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,7 +74,7 @@ func openConns(n int) func(ctx context.Context, r *round) (map[string]float64, e
 					mu.Lock()
 					if err != nil {
 						if failure == nil {
-							failure = fmt.Errorf("connection %d of %d: %w", i, n, err)
+							failure = fmt.Errorf("connection %d: %w", i, err)
 						}
 						stop.Store(true)
 					} else {
@@ -95,18 +96,19 @@ func openConns(n int) func(ctx context.Context, r *round) (map[string]float64, e
 		if opened == 0 {
 			return nil, failure
 		}
-		r.ops = float64(opened)
 		if failure != nil {
 			r.note = fmt.Sprintf("opened %d of %d: %v", opened, n, failure)
 		}
 		if r.inst != nil {
 			// A proxy that exits when it runs out of descriptors
-			// (docker-proxy) leaves nothing to measure at rest.
+			// (docker-proxy) leaves nothing to measure at rest, and its
+			// CPU is lost with it.
 			if how := waitExit(r.inst, failure != nil); how != "" {
 				r.note = fmt.Sprintf("opened %d of %d, then %s", opened, n, how)
 				return map[string]float64{"opened": float64(opened), "open_s": openTime.Seconds()}, nil
 			}
 		}
+		r.ops = float64(opened)
 		rest, err := atRest(ctx, r.pids)
 		if err != nil {
 			return nil, err
@@ -139,6 +141,9 @@ func openIdle(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 	}
 	if _, err := io.ReadFull(c, b[:]); err != nil {
 		c.Close()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("no echo from %s within %v", addr, openDialTimeout)
+		}
 		return nil, fmt.Errorf("echo from %s: %w", addr, err)
 	}
 	c.SetDeadline(time.Time{})
@@ -154,7 +159,7 @@ func atRest(ctx context.Context, pids []int) (usage, error) {
 	var last usage
 	same := 0
 	for {
-		u, err := treeFDs(pids)
+		u, err := treeRead(pids, true)
 		if err != nil {
 			return usage{}, err
 		}

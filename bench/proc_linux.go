@@ -40,15 +40,13 @@ func readMem(pid int) (Mem, error) {
 // descendants (nginx and haproxy workers, socat's per-connection children).
 // Processes that vanish while being read are skipped.
 func treeUsage(roots []int) (Mem, uint64, error) {
-	u, err := readTree(roots, false)
+	u, err := treeRead(roots, false)
 	return u.Mem, u.Ticks, err
 }
 
-// treeFDs is treeUsage with the tree's open descriptors counted too
-// (entries of /proc/PID/fd).
-func treeFDs(roots []int) (usage, error) { return readTree(roots, true) }
-
-func readTree(roots []int, fds bool) (usage, error) {
+// treeRead sums what treeUsage does over the tree, and counts its open
+// descriptors (entries of /proc/PID/fd) when fds is set.
+func treeRead(roots []int, fds bool) (usage, error) {
 	children := map[int][]int{}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {

@@ -10,4 +10,4 @@ var errPlatform = errors.New("process accounting is not supported on this platfo
 
 func treeUsage(roots []int) (Mem, uint64, error) { return Mem{}, 0, errPlatform }
 
-func treeFDs(roots []int) (usage, error) { return usage{}, errPlatform }
+func treeRead(roots []int, fds bool) (usage, error) { return usage{}, errPlatform }

@@ -83,8 +83,8 @@ func (r *round) proxyTicks() (uint64, bool) {
 	if r.pids == nil {
 		return 0, false
 	}
-	_, t, err := treeUsage(r.pids)
-	return t, err == nil
+	u, err := treeRead(r.pids, false)
+	return u.Ticks, err == nil && u.Procs > 0
 }
 
 // tests returns every test in run order.
