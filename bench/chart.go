@@ -22,7 +22,10 @@ var chartMetrics = []chartMetric{
 	{"tcp-bulk-down", "gbit_s", "bulk down"},
 	{"tcp-rr", "rr_s", "RR/s"},
 	{"tcp-rr", "p99_us", "RR p99"},
+	{"tcp-rr", cpuPerOpKey, "CPU per RR"},
 	{"tcp-conn-rate", "conn_s", "conn/s"},
+	{"tcp-conn-rate", cpuPerOpKey, "CPU per conn"},
+	{"tcp-open-1k", "kib_per_conn", "memory per open conn"},
 	{"udp-dgrams", "dgrams_s", "UDP dgrams/s"},
 	{"udp-flows", "flows_s", "UDP flows/s"},
 	{"udp-flows", "rss_after_mib", "RSS after flows"},
@@ -53,12 +56,7 @@ func chartBars(rep *report) ([]chartBar, []string) {
 		if tr == nil {
 			continue
 		}
-		higher := true
-		for _, m := range tr.Metrics {
-			if m.Key == cm.Metric {
-				higher = m.Higher
-			}
-		}
+		higher := tr.higherBetter(cm.Metric)
 		g := len(labels)
 		labels = append(labels, cm.Label)
 		for _, peer := range rep.Peers {

@@ -2,8 +2,13 @@
 // HAProxy, nginx (stream) and no proxy at all ("direct"), on loopback.
 //
 //	go run ./bench                       # full run, table on stdout
-//	go run ./bench -quick                # every test and peer once, < 2 min
+//	go run ./bench -quick                # every test and peer once, about a minute
 //	go run ./bench -results bench/results # also write the README table, chart and JSON
+//
+// The harness is its own module (its chart needs gonum.org/v1/plot, which
+// the product must not require). From the repository root, go.work puts both
+// modules in one workspace, so the commands above work there; without the
+// workspace, run it from its directory: (cd bench && go run .).
 //
 // The harness runs its own backends in-process (TCP echo, sink and source,
 // UDP echo) and starts each proxy under test as a subprocess from a command
@@ -14,7 +19,22 @@
 // a bounded time against a freshly started proxy, and reports per-round
 // medians and ratios to direct and to docker-proxy measured in the same run.
 // For every round it records the proxy's peak RSS and Pss (smaps_rollup,
-// summed over the process and its children) and its CPU seconds.
+// summed over the process and its children) and its CPU seconds
+// (utime+stime from /proc), and for every traffic test the CPU per
+// operation: the proxy's CPU over the measured interval divided by what the
+// round counted there (MiB, request/responses, connections, echoed
+// datagrams, flows), with its ratio to the leanest peer of the run.
+//
+// tcp-open-1k and tcp-open-4k open 1,000 and 4,000 connections through the
+// proxy, hold them idle, and report the proxy's descriptors and Pss per
+// connection (at rest with them open, minus its idle baseline). Opening
+// stops at the first connection that fails within 3 s, so a proxy that runs
+// out of descriptors ends the round with how many it held, marked FAILED.
+// The harness holds two descriptors per connection itself (the client and
+// the backend's side), well inside a 20,000-descriptor limit.
+//
+// Targets compare hostproxy with docker-proxy, or with the best (or
+// leanest) of docker-proxy, nginx and HAProxy in the same run.
 //
 // Each peer gets a configuration that measures its relay rather than a
 // default that would stand in its way: socat listens with backlog=4096
@@ -252,15 +272,23 @@ func selectPeers(list string, known []*peerSpec, log io.Writer) ([]*peerSpec, er
 }
 
 // buildHostproxy builds ./cmd/hostproxy into dir the way the README says to
-// install it (testenv.ReleaseEnv).
+// install it (testenv.ReleaseEnv), from the hostproxy module's own directory
+// and with GOWORK=off, so that the workspace's other modules (this one's
+// plotting dependencies) cannot change the versions the product links.
 func buildHostproxy(ctx context.Context, dir string) (string, error) {
+	const pkg = "github.com/hostproxy/hostproxy/cmd/hostproxy"
+	src, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/hostproxy/hostproxy").Output()
+	if err != nil {
+		return "", fmt.Errorf("find the hostproxy module with go list -m: %w", err)
+	}
 	out := filepath.Join(dir, "hostproxy")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/hostproxy/hostproxy/cmd/hostproxy")
-	cmd.Env = testenv.ReleaseEnv()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = strings.TrimSpace(string(src))
+	cmd.Env = append(testenv.ReleaseEnv(), "GOWORK=off")
 	msg, err := cmd.CombinedOutput()
 	if err != nil {
 		first, _, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")
-		return "", fmt.Errorf("go build ./cmd/hostproxy: %w: %s", err, first)
+		return "", fmt.Errorf("go build %s in %s: %w: %s", pkg, cmd.Dir, err, first)
 	}
 	return out, nil
 }

@@ -258,6 +258,19 @@ func (in *instance) pids() []int {
 	return ps
 }
 
+// exited returns how the first of the instance's processes that has exited
+// ended, with what it printed, or "" while all run.
+func (in *instance) exited() string {
+	for _, pr := range in.procs {
+		select {
+		case <-pr.done:
+			return fmt.Sprintf("%s exited: %v (stderr: %q)", in.peer.Bin, pr.cmd.ProcessState, pr.stderr.firstLine())
+		default:
+		}
+	}
+	return ""
+}
+
 // startTimeout bounds how long a peer may take to become ready.
 const startTimeout = 10 * time.Second
 

@@ -17,6 +17,14 @@ type Mem struct {
 // Add returns the sum of m and o.
 func (m Mem) Add(o Mem) Mem { return Mem{RSS: m.RSS + o.RSS, PSS: m.PSS + o.PSS} }
 
+// usage is what a process tree holds at one moment.
+type usage struct {
+	Mem
+	Ticks uint64 // CPU, as procStat.Ticks summed over the tree
+	FDs   int    // open descriptors summed over the tree
+	Procs int
+}
+
 // procStat is what the harness needs from /proc/PID/stat.
 type procStat struct {
 	PPID int

@@ -40,10 +40,17 @@ func readMem(pid int) (Mem, error) {
 // descendants (nginx and haproxy workers, socat's per-connection children).
 // Processes that vanish while being read are skipped.
 func treeUsage(roots []int) (Mem, uint64, error) {
+	u, err := treeRead(roots, false)
+	return u.Mem, u.Ticks, err
+}
+
+// treeRead sums what treeUsage does over the tree, and counts its open
+// descriptors (entries of /proc/PID/fd) when fds is set.
+func treeRead(roots []int, fds bool) (usage, error) {
 	children := map[int][]int{}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return Mem{}, 0, fmt.Errorf("list /proc: %w", err)
+		return usage{}, fmt.Errorf("list /proc: %w", err)
 	}
 	stats := map[int]procStat{}
 	for _, e := range ents {
@@ -58,8 +65,7 @@ func treeUsage(roots []int) (Mem, uint64, error) {
 		stats[pid] = st
 		children[st.PPID] = append(children[st.PPID], pid)
 	}
-	var mem Mem
-	var ticks uint64
+	var u usage
 	seen := map[int]bool{}
 	todo := append([]int(nil), roots...)
 	for len(todo) > 0 {
@@ -73,11 +79,17 @@ func treeUsage(roots []int) (Mem, uint64, error) {
 		if !ok {
 			continue
 		}
-		ticks += st.Ticks
+		u.Procs++
+		u.Ticks += st.Ticks
 		if m, err := readMem(pid); err == nil {
-			mem = mem.Add(m)
+			u.Mem = u.Mem.Add(m)
+		}
+		if fds {
+			if ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd"); err == nil {
+				u.FDs += len(ents)
+			}
 		}
 		todo = append(todo, children[pid]...)
 	}
-	return mem, ticks, nil
+	return u, nil
 }

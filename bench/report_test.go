@@ -112,17 +112,28 @@ func sampleReport() *report {
 		mk("docker-proxy", map[string]float64{"gbit_s": 10}),
 		{Peer: "haproxy", Err: "start haproxy: boom"},
 	}}
-	rr := &testResult{Name: "tcp-rr", Proto: "tcp", Metrics: []metricDef{{"rr_s", "RR/s", true}, {"p99_us", "µs", false}}, Peers: []*peerResult{
+	rr := &testResult{Name: "tcp-rr", Proto: "tcp", Op: "RR", Metrics: []metricDef{{"rr_s", "RR/s", true}, {"p99_us", "µs", false}}, Peers: []*peerResult{
 		mk("direct", map[string]float64{"rr_s": 80000, "p99_us": 10}),
-		mk("hostproxy", map[string]float64{"rr_s": 20000, "p99_us": 100}),
-		mk("docker-proxy", map[string]float64{"rr_s": 10000, "p99_us": 200}),
+		mk("hostproxy", map[string]float64{"rr_s": 20000, "p99_us": 100, cpuPerOpKey: 10}),
+		mk("docker-proxy", map[string]float64{"rr_s": 10000, "p99_us": 200, cpuPerOpKey: 20}),
 		{Peer: "haproxy", Skip: "not today"},
 	}}
+	conn := &testResult{Name: "tcp-conn-rate", Proto: "tcp", Op: "conn", Metrics: []metricDef{{"conn_s", "conn/s", true}}, Peers: []*peerResult{
+		mk("hostproxy", map[string]float64{"conn_s": 1100, cpuPerOpKey: 9}),
+		mk("docker-proxy", map[string]float64{"conn_s": 800, cpuPerOpKey: 12}),
+		mk("haproxy", map[string]float64{"conn_s": 1000, cpuPerOpKey: 10}),
+	}}
+	open := &testResult{Name: "tcp-open-4k", Proto: "tcp", Op: "conn",
+		Metrics: []metricDef{{"kib_per_conn", "KiB", false}, {"fds_per_conn", "", false}, {"opened", "", true}}, Peers: []*peerResult{
+			mk("hostproxy", map[string]float64{"kib_per_conn": 14.4, "fds_per_conn": 6, "opened": 3332}),
+			mk("haproxy", map[string]float64{"kib_per_conn": 3.4, "fds_per_conn": 2, "opened": 4000}),
+		}}
+	open.Peers[0].Rounds[0].Note = "opened 3332 of 4000: connection 3333 of 4000: i/o timeout"
 	udp := &testResult{Name: "udp-dgrams", Proto: "udp", Metrics: []metricDef{{"dgrams_s", "dgrams/s", true}, {"loss_pct", "%", false}}, Peers: []*peerResult{
 		mk("hostproxy", map[string]float64{"dgrams_s": 100, "loss_pct": 1}),
 		mk("docker-proxy", map[string]float64{"dgrams_s": 100, "loss_pct": 0}),
 	}}
-	rep.Tests = []*testResult{bulk, rr, udp}
+	rep.Tests = []*testResult{bulk, rr, conn, open, udp}
 	for _, t := range rep.Tests {
 		summarize(t)
 	}
@@ -151,6 +162,15 @@ func TestSummarize(t *testing.T) {
 	if bulk.get("haproxy").Median != nil {
 		t.Error("a peer without rounds has medians")
 	}
+	conn := rep.Tests[2]
+	for peer, want := range map[string]float64{"hostproxy": 1, "docker-proxy": 12.0 / 9, "haproxy": 10.0 / 9} {
+		if got := conn.get(peer).CPUVsLeanest; got != want {
+			t.Errorf("%s CPU per connection vs leanest = %v, want %v", peer, got, want)
+		}
+	}
+	if got := bulk.get("hostproxy").CPUVsLeanest; got != 0 {
+		t.Errorf("CPU vs leanest without CPU per operation = %v", got)
+	}
 	var buf bytes.Buffer
 	if err := rep.writeJSON(&buf); err != nil {
 		t.Fatalf("JSON: %v", err)
@@ -168,16 +188,22 @@ func TestTableRows(t *testing.T) {
 	rep := sampleReport()
 	rows := tableRows(rep)
 	want := [][]string{
-		{"tcp-bulk-up", "direct", "40 Gbit/s", "1x", "4x", "", "2", "1", "-"},
-		{"tcp-bulk-up", "hostproxy", "12 Gbit/s", "0.3x", "1.20x", "", "2", "1", "0.5"},
-		{"tcp-bulk-up", "docker-proxy", "10 Gbit/s", "0.25x", "1x", "", "2", "1", "0.5"},
-		{"tcp-bulk-up", "haproxy", "error: start haproxy: boom", "", "", "", "", "", ""},
-		{"tcp-rr", "direct", "80k RR/s", "1x", "8x", "p99_us 10 µs", "2", "1", "-"},
-		{"tcp-rr", "hostproxy", "20k RR/s", "0.25x", "2x", "p99_us 100 µs", "2", "1", "0.5"},
-		{"tcp-rr", "docker-proxy", "10k RR/s", "0.125x", "1x", "p99_us 200 µs", "2", "1", "0.5"},
-		{"tcp-rr", "haproxy", "skipped: not today", "", "", "", "", "", ""},
-		{"udp-dgrams", "hostproxy", "100 dgrams/s", "-", "1x", "loss_pct 1 %", "2", "1", "0.5"},
-		{"udp-dgrams", "docker-proxy", "100 dgrams/s", "-", "1x", "loss_pct 0 %", "2", "1", "0.5"},
+		{"tcp-bulk-up", "direct", "40 Gbit/s", "1x", "4x", "-", "-", "", "2", "1", "-"},
+		{"tcp-bulk-up", "hostproxy", "12 Gbit/s", "0.3x", "1.20x", "-", "-", "", "2", "1", "0.5"},
+		{"tcp-bulk-up", "docker-proxy", "10 Gbit/s", "0.25x", "1x", "-", "-", "", "2", "1", "0.5"},
+		{"tcp-bulk-up", "haproxy", "error: start haproxy: boom", "", "", "", "", "", "", "", ""},
+		{"tcp-rr", "direct", "80k RR/s", "1x", "8x", "-", "-", "p99_us 10 µs", "2", "1", "-"},
+		{"tcp-rr", "hostproxy", "20k RR/s", "0.25x", "2x", "10 µs/RR", "1x", "p99_us 100 µs", "2", "1", "0.5"},
+		{"tcp-rr", "docker-proxy", "10k RR/s", "0.125x", "1x", "20 µs/RR", "2x", "p99_us 200 µs", "2", "1", "0.5"},
+		{"tcp-rr", "haproxy", "skipped: not today", "", "", "", "", "", "", "", ""},
+		{"tcp-conn-rate", "hostproxy", "1100 conn/s", "-", "1.38x", "9 µs/conn", "1x", "", "2", "1", "0.5"},
+		{"tcp-conn-rate", "docker-proxy", "800 conn/s", "-", "1x", "12 µs/conn", "1.33x", "", "2", "1", "0.5"},
+		{"tcp-conn-rate", "haproxy", "1000 conn/s", "-", "1.25x", "10 µs/conn", "1.11x", "", "2", "1", "0.5"},
+		{"tcp-open-4k", "hostproxy", "14.4 KiB", "-", "-", "-", "-",
+			"fds_per_conn 6, opened 3332, FAILED in 1 of 1 rounds: opened 3332 of 4000: connection 3333 of 4000: i/o timeout", "2", "1", "0.5"},
+		{"tcp-open-4k", "haproxy", "3.40 KiB", "-", "-", "-", "-", "fds_per_conn 2, opened 4000", "2", "1", "0.5"},
+		{"udp-dgrams", "hostproxy", "100 dgrams/s", "-", "1x", "-", "-", "loss_pct 1 %", "2", "1", "0.5"},
+		{"udp-dgrams", "docker-proxy", "100 dgrams/s", "-", "1x", "-", "-", "loss_pct 0 %", "2", "1", "0.5"},
 	}
 	if !reflect.DeepEqual(rows, want) {
 		for i := range max(len(rows), len(want)) {
@@ -218,26 +244,44 @@ func TestEvalTargets(t *testing.T) {
 		got[r.Name] = r
 	}
 	for name, want := range map[string]targetResult{
-		"TCP bulk up":            {Want: ">= 1.20x", Got: "1.200x", Verdict: "met"},
-		"TCP RR p99 latency":     {Want: "<= 0.8x", Got: "0.500x", Verdict: "met"},
-		"UDP delivered dgrams/s": {Want: ">= 1.50x", Got: "1.000x", Verdict: "MISSED"},
-		"UDP loss":               {Want: "no higher", Got: "1 vs 0", Verdict: "MISSED"},
+		"TCP bulk up":                     {Want: ">= 1.30x docker-proxy", Got: "1.200x", Verdict: "MISSED"},
+		"request/response p99 latency":    {Want: "<= 0.8x docker-proxy", Got: "0.500x", Verdict: "met"},
+		"CPU per request/response":        {Want: "<= 0.9x leanest peer", Got: "0.500x (docker-proxy)", Verdict: "met"},
+		"connections/s":                   {Want: ">= 1.10x best peer", Got: "1.100x (haproxy)", Verdict: "met"},
+		"CPU per connection":              {Want: "<= 0.9x leanest peer", Got: "0.900x (haproxy)", Verdict: "met"},
+		"4,000 open connections":          {Want: ">= 4000", Got: "3332", Verdict: "MISSED"},
+		"descriptors per open connection": {Want: "<= 2.20", Got: "6", Verdict: "MISSED"},
+		"memory per open connection":      {Want: "<= 0.3x haproxy", Got: "4.235x", Verdict: "MISSED"},
+		"UDP delivered dgrams/s":          {Want: ">= 1.50x docker-proxy", Got: "1.000x", Verdict: "MISSED"},
+		"UDP loss":                        {Want: "no higher than docker-proxy", Got: "1 vs 0", Verdict: "MISSED"},
+		"CPU per datagram":                {Want: "<= 0.7x leanest peer", Got: "-", Verdict: "no data"},
 	} {
-		g := got[name]
+		g, ok := got[name]
+		if !ok {
+			t.Errorf("%s: not evaluated", name)
+			continue
+		}
 		g.Name = ""
 		if g != want {
 			t.Errorf("%s: %+v, want %+v", name, g, want)
 		}
 	}
-	if _, ok := got["TCP connection rate"]; ok {
+	if _, ok := got["start-up time"]; ok {
 		t.Error("a target without its test in the report was evaluated")
+	}
+	for _, r := range evalTargets(sampleReport()) {
+		for _, word := range []string{"issue", "lead"} {
+			if strings.Contains(r.Name+r.Want, word) {
+				t.Errorf("target %q says %q", r.Name, word)
+			}
+		}
 	}
 }
 
 func TestChart(t *testing.T) {
 	rep := sampleReport()
 	bars, labels := chartBars(rep)
-	if !reflect.DeepEqual(labels, []string{"bulk up", "RR/s", "RR p99", "UDP dgrams/s"}) {
+	if !reflect.DeepEqual(labels, []string{"bulk up", "RR/s", "RR p99", "CPU per RR", "conn/s", "CPU per conn", "UDP dgrams/s"}) {
 		t.Errorf("labels %q", labels)
 	}
 	// hostproxy's p99 is 100µs against 200µs: twice as good.

@@ -35,11 +35,14 @@ type machine struct {
 }
 
 type testResult struct {
-	Name    string        `json:"name"`
-	Proto   string        `json:"proto"`
-	Desc    string        `json:"desc"`
-	Metrics []metricDef   `json:"metrics"`
-	Peers   []*peerResult `json:"peers"`
+	Name    string      `json:"name"`
+	Proto   string      `json:"proto"`
+	Desc    string      `json:"desc"`
+	Metrics []metricDef `json:"metrics"`
+	// Op is what the CPU per operation (cpu_us_per_op, µs) counts; empty
+	// when the test reports none.
+	Op    string        `json:"op,omitempty"`
+	Peers []*peerResult `json:"peers"`
 }
 
 type peerResult struct {
@@ -54,11 +57,16 @@ type peerResult struct {
 	// docker-proxy's medians in the same run.
 	VsDirect map[string]float64 `json:"vs_direct,omitempty"`
 	VsDocker map[string]float64 `json:"vs_docker_proxy,omitempty"`
+	// CPUVsLeanest is the median CPU per operation divided by the lowest
+	// of every peer's in the same run (1 for the leanest).
+	CPUVsLeanest float64 `json:"cpu_per_op_vs_leanest,omitempty"`
 }
 
 type roundResult struct {
 	Metrics   map[string]float64 `json:"metrics"`
 	Resources resources          `json:"resources"`
+	// Note says what went wrong in a round that still has numbers.
+	Note string `json:"note,omitempty"`
 }
 
 // get returns the test's result for peer, or nil.
@@ -96,15 +104,18 @@ func runAll(ctx context.Context, cfg *config, ts []*testDef, peers []*peerSpec, 
 		rep.Peers = append(rep.Peers, p.Name)
 	}
 	for _, t := range ts {
-		tr := &testResult{Name: t.Name, Proto: t.Proto, Desc: t.Desc, Metrics: t.Metrics}
+		tr := &testResult{Name: t.Name, Proto: t.Proto, Desc: t.Desc, Metrics: t.Metrics, Op: t.Op}
 		rep.Tests = append(rep.Tests, tr)
 		for _, p := range peers {
 			pr := &peerResult{Peer: p.Name}
 			switch {
-			case t.Spawn && p.Name == "direct":
+			case (t.Spawn || t.ProxyOnly) && p.Name == "direct":
 				pr.Skip = "no proxy process"
 			case !p.supports(t.Proto):
 				pr.Skip = p.NoProto[t.Proto]
+				fmt.Fprintf(log, "skip %s for %s: %s\n", p.Name, t.Name, pr.Skip)
+			case t.NoPeer[p.Name] != "":
+				pr.Skip = t.NoPeer[p.Name]
 				fmt.Fprintf(log, "skip %s for %s: %s\n", p.Name, t.Name, pr.Skip)
 			}
 			tr.Peers = append(tr.Peers, pr)
@@ -127,7 +138,7 @@ func runAll(ctx context.Context, cfg *config, ts []*testDef, peers []*peerSpec, 
 					continue
 				}
 				pr.Rounds = append(pr.Rounds, rr)
-				fmt.Fprintf(log, "%s round %d/%d %-12s %s\n", t.Name, i+1, cfg.Rounds, p.Name, describe(t.Metrics, rr.Metrics))
+				fmt.Fprintf(log, "%s round %d/%d %-12s %s\n", t.Name, i+1, cfg.Rounds, p.Name, describe(t, rr))
 			}
 		}
 		summarize(tr)
@@ -151,7 +162,8 @@ func runRound(ctx context.Context, cfg *config, t *testDef, p *peerSpec, be *bac
 		}
 		defer in.stop()
 		r.target = maps[0].Host
-		mon = startMonitor(in.pids())
+		r.pids, r.inst = in.pids(), in
+		mon = startMonitor(r.pids)
 	}
 	m, err := t.Run(ctx, r)
 	if err != nil {
@@ -163,7 +175,14 @@ func runRound(ctx context.Context, cfg *config, t *testDef, p *peerSpec, be *bac
 		m["rss_after_mib"] = mib(last.RSS)
 		m["pss_after_mib"] = mib(last.PSS)
 	}
-	return roundResult{Metrics: m, Resources: res}, nil
+	if t.Op != "" && mon != nil && r.ops > 0 {
+		cpu := res.CPU
+		if r.opTimed {
+			cpu = float64(r.opTicks) / clockTicks
+		}
+		m[cpuPerOpKey] = cpu * 1e6 / (r.ops / t.OpScale)
+	}
+	return roundResult{Metrics: m, Resources: res, Note: r.note}, nil
 }
 
 // monitor samples a process tree's memory while a round runs.
@@ -214,7 +233,7 @@ func (m *monitor) finish() (resources, Mem) {
 
 // summarize fills the medians and ratios of every peer of t.
 func summarize(t *testResult) {
-	keys := []string{"peak_rss_mib", "peak_pss_mib", "cpu_s"}
+	keys := []string{"peak_rss_mib", "peak_pss_mib", "cpu_s", cpuPerOpKey}
 	for _, m := range t.Metrics {
 		keys = append(keys, m.Key)
 	}
@@ -244,9 +263,20 @@ func summarize(t *testResult) {
 			}
 		}
 	}
+	leanest := math.NaN()
+	for _, p := range t.Peers {
+		if v, ok := p.Median[cpuPerOpKey]; ok && v > 0 && !(v >= leanest) {
+			leanest = v
+		}
+	}
 	for _, p := range t.Peers {
 		p.VsDirect = ratios(p.Median, t.get("direct"))
 		p.VsDocker = ratios(p.Median, t.get("docker-proxy"))
+		if v, ok := p.Median[cpuPerOpKey]; ok {
+			if r := ratio(v, leanest); !math.IsNaN(r) {
+				p.CPUVsLeanest = r
+			}
+		}
 	}
 }
 
@@ -269,12 +299,19 @@ func ratios(med map[string]float64, base *peerResult) map[string]float64 {
 	return out
 }
 
-func describe(defs []metricDef, m map[string]float64) string {
+// describe prints one round's numbers for the progress log.
+func describe(t *testDef, rr roundResult) string {
 	var b strings.Builder
-	for _, d := range defs {
-		if v, ok := m[d.Key]; ok {
+	for _, d := range t.Metrics {
+		if v, ok := rr.Metrics[d.Key]; ok {
 			fmt.Fprintf(&b, " %s=%s", d.Key, formatNum(v))
 		}
+	}
+	if v, ok := rr.Metrics[cpuPerOpKey]; ok {
+		fmt.Fprintf(&b, " cpu=%sµs/%s", formatNum(v), t.Op)
+	}
+	if rr.Note != "" {
+		fmt.Fprintf(&b, " FAILED: %s", rr.Note)
 	}
 	return strings.TrimSpace(b.String())
 }

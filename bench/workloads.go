@@ -36,8 +36,22 @@ type testDef struct {
 	// MemAfter: the proxy's memory at the end of the run is reported as
 	// rss_after_mib / pss_after_mib.
 	MemAfter bool
-	Run      func(ctx context.Context, r *round) (map[string]float64, error)
+	// ProxyOnly: the test measures the proxy process; it is not run for
+	// direct.
+	ProxyOnly bool
+	// NoPeer gives, per peer the test does not run, the reason.
+	NoPeer map[string]string
+	// Op names the operation the test counts (round.ops) for its CPU per
+	// operation, and OpScale how many counted units make one Op ("MiB" of
+	// bytes: 1<<20). Tests without Op report no CPU per operation.
+	Op      string
+	OpScale float64
+	Run     func(ctx context.Context, r *round) (map[string]float64, error)
 }
+
+// cpuPerOpKey is the key of the CPU per operation in a round's metrics
+// and a peer's medians: CPU µs of the proxy's process tree per Op.
+const cpuPerOpKey = "cpu_us_per_op"
 
 // round is what one test round runs against.
 type round struct {
@@ -45,28 +59,62 @@ type round struct {
 	peer   *peerSpec
 	be     *backends
 	target netip.AddrPort // where clients send: the proxy, or the backend for direct
+	// pids are the proxy's top-level processes (nil for direct and Spawn
+	// tests), and inst the instance they belong to.
+	pids []int
+	inst *instance
 	// res is filled by Spawn tests (others are measured by the harness).
 	res resources
+
+	// ops is what the test counted (connections, bytes, datagrams), and
+	// opTicks the proxy's CPU ticks over the same interval when the test
+	// measured them (opTimed); otherwise the round's CPU is used.
+	ops     float64
+	opTicks uint64
+	opTimed bool
+	// note, when set, says what went wrong in a round that still reports
+	// numbers (a partial result).
+	note string
+}
+
+// proxyTicks returns the CPU ticks of the round's proxy so far, and false
+// when there is no proxy process to read.
+func (r *round) proxyTicks() (uint64, bool) {
+	if r.pids == nil {
+		return 0, false
+	}
+	u, err := treeRead(r.pids, false)
+	return u.Ticks, err == nil && u.Procs > 0
 }
 
 // tests returns every test in run order.
 func tests() []*testDef {
 	gbps := []metricDef{{"gbit_s", "Gbit/s", true}}
+	open := func(n int, name string) *testDef {
+		return &testDef{Name: name, Proto: "tcp", Backend: tcpEcho, Run: openConns(n), ProxyOnly: true, Op: "conn", OpScale: 1,
+			NoPeer: map[string]string{"socat": "socat forks a process per connection"},
+			Desc: fmt.Sprintf("%d connections opened (1-byte echo each) and held idle; the proxy's descriptors and Pss "+
+				"with them open, minus its idle baseline, per connection", n),
+			Metrics: []metricDef{{"kib_per_conn", "KiB", false}, {"fds_per_conn", "", false}, {"opened", "", true},
+				{"pss_mib", "MiB", false}, {"open_s", "s", false}}}
+	}
 	return []*testDef{
-		{Name: "tcp-bulk-up", Proto: "tcp", Backend: tcpSink, Metrics: gbps, Run: runBulkUp,
+		{Name: "tcp-bulk-up", Proto: "tcp", Backend: tcpSink, Metrics: gbps, Run: runBulkUp, Op: "MiB", OpScale: 1 << 20,
 			Desc: "one connection, client writes, backend discards"},
-		{Name: "tcp-bulk-down", Proto: "tcp", Backend: tcpSource, Metrics: gbps, Run: runBulkDown,
+		{Name: "tcp-bulk-down", Proto: "tcp", Backend: tcpSource, Metrics: gbps, Run: runBulkDown, Op: "MiB", OpScale: 1 << 20,
 			Desc: "one connection, backend writes, client discards"},
-		{Name: "tcp-rr", Proto: "tcp", Backend: tcpEcho, Run: runRR,
+		{Name: "tcp-rr", Proto: "tcp", Backend: tcpEcho, Run: runRR, Op: "RR", OpScale: 1,
 			Desc:    "64-byte request/response on one connection",
 			Metrics: []metricDef{{"rr_s", "RR/s", true}, {"p50_us", "µs", false}, {"p99_us", "µs", false}}},
-		{Name: "tcp-conn-rate", Proto: "tcp", Backend: tcpEcho, Run: runConnRate,
+		{Name: "tcp-conn-rate", Proto: "tcp", Backend: tcpEcho, Run: runConnRate, Op: "conn", OpScale: 1,
 			Desc:    "parallel clients: connect, 1-byte echo, close",
 			Metrics: []metricDef{{"conn_s", "conn/s", true}, {"errors", "", false}}},
-		{Name: "udp-dgrams", Proto: "udp", Backend: udpEcho, Run: runUDPDgrams,
-			Desc:    "parallel sockets, 256-byte datagrams echoed, 32 in flight each",
+		open(1000, "tcp-open-1k"),
+		open(4000, "tcp-open-4k"),
+		{Name: "udp-dgrams", Proto: "udp", Backend: udpEcho, Run: runUDPDgrams, Op: "dgram", OpScale: 1,
+			Desc:    "parallel sockets, 256-byte datagrams echoed, 32 in flight each; CPU per datagram echoed (relayed both ways)",
 			Metrics: []metricDef{{"dgrams_s", "dgrams/s", true}, {"loss_pct", "%", false}}},
-		{Name: "udp-flows", Proto: "udp", Backend: udpEcho, Run: runUDPFlows, MemAfter: true,
+		{Name: "udp-flows", Proto: "udp", Backend: udpEcho, Run: runUDPFlows, MemAfter: true, Op: "flow", OpScale: 1,
 			Desc:    "N new client sockets, one echo each; proxy memory with the N flows open",
 			Metrics: []metricDef{{"flows_s", "flows/s", true}, {"lost", "", false}, {"rss_after_mib", "MiB", false}, {"pss_after_mib", "MiB", false}}},
 		{Name: "startup", Proto: "tcp", Backend: tcpEcho, Run: runStartup, Spawn: true,
@@ -80,9 +128,11 @@ func tests() []*testDef {
 
 // phases runs work until stop is closed, and measures the counters it
 // updates over cfg.Duration after cfg.Warmup. It returns the deltas of the
-// counters and the measured time.
+// counters and the measured time, and records the proxy's CPU ticks over
+// the same interval in r.
 // onMeasure, if given, runs when the measured interval starts.
-func phases(ctx context.Context, cfg *config, counters []*atomic.Int64, work func(stop <-chan struct{}), onMeasure ...func()) ([]int64, time.Duration, error) {
+func phases(ctx context.Context, r *round, counters []*atomic.Int64, work func(stop <-chan struct{}), onMeasure ...func()) ([]int64, time.Duration, error) {
+	cfg := r.cfg
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() { work(stop) })
@@ -104,6 +154,7 @@ func phases(ctx context.Context, cfg *config, counters []*atomic.Int64, work fun
 	for _, f := range onMeasure {
 		f()
 	}
+	ticks0, ok0 := r.proxyTicks()
 	before := make([]int64, len(counters))
 	for i, c := range counters {
 		before[i] = c.Load()
@@ -115,6 +166,9 @@ func phases(ctx context.Context, cfg *config, counters []*atomic.Int64, work fun
 	el := time.Since(t0)
 	for i, c := range counters {
 		before[i] = c.Load() - before[i]
+	}
+	if ticks1, ok1 := r.proxyTicks(); ok0 && ok1 {
+		r.opTicks, r.opTimed = ticks1-min(ticks1, ticks0), true
 	}
 	return before, el, nil
 }
@@ -136,7 +190,7 @@ func runBulkUp(ctx context.Context, r *round) (map[string]float64, error) {
 	defer c.Close()
 	var n atomic.Int64
 	var werr error
-	d, el, err := phases(ctx, r.cfg, []*atomic.Int64{&n}, func(stop <-chan struct{}) {
+	d, el, err := phases(ctx, r, []*atomic.Int64{&n}, func(stop <-chan struct{}) {
 		go func() { <-stop; c.SetWriteDeadline(time.Now()) }()
 		bp := chunkPool.Get().(*[]byte)
 		defer chunkPool.Put(bp)
@@ -157,6 +211,7 @@ func runBulkUp(ctx context.Context, r *round) (map[string]float64, error) {
 	if werr != nil {
 		return nil, werr
 	}
+	r.ops = float64(d[0])
 	return map[string]float64{"gbit_s": float64(d[0]) * 8 / el.Seconds() / 1e9}, nil
 }
 
@@ -168,7 +223,7 @@ func runBulkDown(ctx context.Context, r *round) (map[string]float64, error) {
 	defer c.Close()
 	var n atomic.Int64
 	var rerr error
-	d, el, err := phases(ctx, r.cfg, []*atomic.Int64{&n}, func(stop <-chan struct{}) {
+	d, el, err := phases(ctx, r, []*atomic.Int64{&n}, func(stop <-chan struct{}) {
 		go func() { <-stop; c.SetReadDeadline(time.Now()) }()
 		bp := chunkPool.Get().(*[]byte)
 		defer chunkPool.Put(bp)
@@ -189,6 +244,7 @@ func runBulkDown(ctx context.Context, r *round) (map[string]float64, error) {
 	if rerr != nil {
 		return nil, rerr
 	}
+	r.ops = float64(d[0])
 	return map[string]float64{"gbit_s": float64(d[0]) * 8 / el.Seconds() / 1e9}, nil
 }
 
@@ -205,7 +261,7 @@ func runRR(ctx context.Context, r *round) (map[string]float64, error) {
 	var measuring atomic.Bool
 	lat := make([]time.Duration, 0, 1<<16)
 	var rerr error
-	d, el, err := phases(ctx, r.cfg, []*atomic.Int64{&n}, func(stop <-chan struct{}) {
+	d, el, err := phases(ctx, r, []*atomic.Int64{&n}, func(stop <-chan struct{}) {
 		var req, resp [64]byte
 		for {
 			select {
@@ -236,6 +292,7 @@ func runRR(ctx context.Context, r *round) (map[string]float64, error) {
 		return nil, rerr
 	}
 	slices.Sort(lat)
+	r.ops = float64(d[0])
 	return map[string]float64{
 		"rr_s":   float64(d[0]) / el.Seconds(),
 		"p50_us": float64(percentile(lat, 50)) / 1e3,
@@ -246,7 +303,7 @@ func runRR(ctx context.Context, r *round) (map[string]float64, error) {
 func runConnRate(ctx context.Context, r *round) (map[string]float64, error) {
 	var ok, bad atomic.Int64
 	var firstErr atomic.Pointer[error]
-	d, el, err := phases(ctx, r.cfg, []*atomic.Int64{&ok, &bad}, func(stop <-chan struct{}) {
+	d, el, err := phases(ctx, r, []*atomic.Int64{&ok, &bad}, func(stop <-chan struct{}) {
 		var wg sync.WaitGroup
 		for range r.cfg.Parallel {
 			wg.Go(func() {
@@ -275,6 +332,7 @@ func runConnRate(ctx context.Context, r *round) (map[string]float64, error) {
 	if e := firstErr.Load(); e != nil && d[0] == 0 {
 		return nil, *e
 	}
+	r.ops = float64(d[0])
 	return map[string]float64{"conn_s": float64(d[0]) / el.Seconds(), "errors": float64(d[1])}, nil
 }
 
@@ -312,7 +370,7 @@ func runUDPDgrams(ctx context.Context, r *round) (map[string]float64, error) {
 		conns[i] = c
 	}
 	var werr atomic.Pointer[error]
-	d, el, err := phases(ctx, r.cfg, []*atomic.Int64{&sent, &recv}, func(stop <-chan struct{}) {
+	d, el, err := phases(ctx, r, []*atomic.Int64{&sent, &recv}, func(stop <-chan struct{}) {
 		var wg sync.WaitGroup
 		for _, c := range conns {
 			wg.Go(func() {
@@ -357,6 +415,7 @@ func runUDPDgrams(ctx context.Context, r *round) (map[string]float64, error) {
 	if d[0] > 0 {
 		loss = max(0, float64(d[0]-d[1])/float64(d[0])*100)
 	}
+	r.ops = float64(d[1])
 	return map[string]float64{"dgrams_s": float64(d[1]) / el.Seconds(), "loss_pct": loss}, nil
 }
 
@@ -385,6 +444,8 @@ func runUDPFlows(ctx context.Context, r *round) (map[string]float64, error) {
 	if e := firstErr.Load(); e != nil && ok.Load() == 0 {
 		return nil, *e
 	}
+	// CPU per flow is over the whole round: the flows are the round.
+	r.ops = float64(ok.Load())
 	return map[string]float64{"flows_s": float64(ok.Load()) / el.Seconds(), "lost": float64(lost.Load())}, nil
 }
 
