@@ -63,6 +63,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return startFailed(st, stderr, err)
 	}
 	defer log.Sync()
+	if err := checkMetricsFile(cfg); err != nil {
+		return startFailed(st, stderr, err)
+	}
 
 	var (
 		s     *server
@@ -92,9 +95,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if natSignal != nil {
 		signal.Notify(sigs, natSignal)
 	}
+	notifyStats(sigs)
+	s.stderr = stderr
 	s.serve()
+	mw := startMetrics(s, cfg)
 	st.ready(extra)
-	return s.wait(sigs)
+	code := s.wait(sigs)
+	mw.stop() // the last counters, after the drain
+	return code
 }
 
 // startFailed reports err on fd 3 and as one line on stderr.
@@ -137,11 +145,15 @@ type server struct {
 	cfg     *config
 	log     *logging.Logger
 	proxies []proxy.Proxy
-	names   []string // "frontend/proto to backend", per proxy
+	names   []string        // "frontend/proto to backend", per proxy
+	protos  []sockopt.Proto // per proxy, for the metrics
 	// filtered are the sockets bound with the drop-all filter
 	// (-await-nat), held open until SIGUSR1 detaches it.
 	filtered []*alloc.Binding
 	errc     chan error // Serve results
+
+	stderr io.Writer  // for the stats lines (SIGUSR2)
+	stats  *collector // made on the first SIGUSR2
 }
 
 // add creates the proxy serving the socket f and records it; Serve starts
@@ -170,6 +182,7 @@ func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.Ad
 	}
 	s.proxies = append(s.proxies, p)
 	s.names = append(s.names, name)
+	s.protos = append(s.protos, proto)
 	return nil
 }
 
@@ -239,6 +252,7 @@ func (s *server) addGroup(g group) error {
 	}
 	s.proxies = append(s.proxies, p)
 	s.names = append(s.names, name)
+	s.protos = append(s.protos, g.proto)
 	return nil
 }
 
@@ -302,6 +316,9 @@ func (s *server) wait(sigs <-chan os.Signal) int {
 	for running > 0 {
 		select {
 		case sig := <-sigs:
+			if s.statsRequested(sig) {
+				continue
+			}
 			if natSignal != nil && sig == natSignal {
 				if len(s.filtered) == 0 {
 					s.log.Debug("SIGUSR1 ignored: no socket has a filter")
@@ -350,7 +367,7 @@ func (s *server) stop(sigs <-chan os.Signal) {
 		case <-done:
 			return
 		case sig := <-sigs:
-			if natSignal != nil && sig == natSignal {
+			if natSignal != nil && sig == natSignal || s.statsRequested(sig) {
 				continue
 			}
 			cancel() // a second stop signal: at once

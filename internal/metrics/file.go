@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,11 +13,7 @@ import (
 // .prom, which the textfile collector ignores), is flushed to disk, made
 // readable by all (0644) and renamed over path.
 func WriteFile(path string, data []byte) error {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".*.tmp")
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("metrics file %s: %w", path, err)
 	}
@@ -50,26 +47,23 @@ func WriteFile(path string, data []byte) error {
 // writable, or path itself is a directory. It creates and removes a
 // temporary file to find out.
 func CheckPath(path string) error {
-	dir, base := filepath.Split(path)
-	if base == "" {
+	if path == "" || os.IsPathSeparator(path[len(path)-1]) {
 		return fmt.Errorf("metrics file %q: want a file name, not a directory", path)
 	}
-	if dir == "" {
-		dir = "."
-	}
+	dir := filepath.Dir(path)
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		return fmt.Errorf("metrics file %s: is a directory", path)
 	}
 	st, err := os.Stat(dir)
 	if err != nil {
-		return fmt.Errorf("metrics file %s: directory: %w", path, err)
+		return fmt.Errorf("metrics file %s: directory %s: %w", path, dir, errors.Unwrap(err))
 	}
 	if !st.IsDir() {
 		return fmt.Errorf("metrics file %s: %s is not a directory", path, dir)
 	}
-	f, err := os.CreateTemp(dir, "."+base+".*.tmp")
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
-		return fmt.Errorf("metrics file %s: directory not writable: %w", path, err)
+		return fmt.Errorf("metrics file %s: directory %s not writable: %w", path, dir, err)
 	}
 	f.Close()
 	os.Remove(f.Name())
