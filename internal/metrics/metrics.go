@@ -65,8 +65,9 @@ type Renderer struct {
 	// processes collected from one directory do not repeat a series.
 	File string
 
-	buf     []byte
-	labels  []byte // the label set of every mapping, streams first
+	buf      []byte
+	sendErrs []uint64 // per UDP mapping, the send_error drops last reported
+	labels   []byte   // the label set of every mapping, streams first
 	offs    []int  // mapping i's labels are labels[offs[i]:offs[i+1]]
 	scratch []byte
 }
@@ -190,13 +191,34 @@ func (r *Renderer) Exposition(s *Snapshot) []byte {
 			st := &s.UDP[j].Stats
 			b = r.uint(b, famDrops, base+j, `reason="truncated"`, st.Truncated)
 			b = r.uint(b, famDrops, base+j, `reason="refused"`, st.Refused)
-			b = r.uint(b, famDrops, base+j, `reason="send_error"`, st.Dropped)
+			b = r.uint(b, famDrops, base+j, `reason="send_error"`, r.sendErrors(j, len(s.UDP), st))
 			b = r.uint(b, famDrops, base+j, `reason="shutdown"`, st.Rejected)
 			b = r.uint(b, famDrops, base+j, `reason="flow_failed"`, st.FlowsFailed)
 		}
 	}
 	r.buf = b
 	return b
+}
+
+// sendErrors returns the send_error drops of UDP mapping j: udp.Stats
+// counts a datagram dropped because its flow could not be opened both in
+// FlowsFailed and in Dropped, so the datagrams dropped for other reasons
+// (send errors, a flow evicted while its datagrams waited in the same
+// batch) are Dropped - FlowsFailed. The two are read one after the other,
+// which may catch a failure in one and not yet in the other: the value
+// reported is never lower than the one reported before for the same
+// mapping, so that the counter never goes back.
+func (r *Renderer) sendErrors(j, n int, st *udp.Stats) uint64 {
+	if len(r.sendErrs) != n {
+		r.sendErrs = append(r.sendErrs[:0], make([]uint64, n)...)
+	}
+	var v uint64
+	if st.Dropped > st.FlowsFailed {
+		v = st.Dropped - st.FlowsFailed
+	}
+	v = max(v, r.sendErrs[j])
+	r.sendErrs[j] = v
+	return v
 }
 
 // family writes the HELP and TYPE lines of a metric family.
