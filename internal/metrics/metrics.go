@@ -68,8 +68,8 @@ type Renderer struct {
 	buf      []byte
 	sendErrs []uint64 // per UDP mapping, the send_error drops last reported
 	labels   []byte   // the label set of every mapping, streams first
-	offs    []int  // mapping i's labels are labels[offs[i]:offs[i+1]]
-	scratch []byte
+	offs     []int    // mapping i's labels are labels[offs[i]:offs[i+1]]
+	scratch  []byte
 }
 
 // The metric families, in the order they are written.
