@@ -83,8 +83,10 @@ func checkMetricsFile(cfg *config) error {
 	return metrics.CheckPath(cfg.MetricsFile)
 }
 
-// startMetrics writes the metrics file once and starts the goroutine that
-// rewrites it. Without -metrics-file it does nothing and returns nil.
+// startMetrics starts the goroutine that writes the metrics file at once and
+// then every interval. The first write is not awaited: its fsync would delay
+// the readiness an engine waits for. Without -metrics-file it does nothing
+// and returns nil.
 func startMetrics(s *server, cfg *config) *metricsWriter {
 	if cfg.MetricsFile == "" {
 		return nil
@@ -93,13 +95,13 @@ func startMetrics(s *server, cfg *config) *metricsWriter {
 	c.r.File = filepath.Base(cfg.MetricsFile)
 	w := &metricsWriter{path: cfg.MetricsFile, c: c, log: s.log,
 		quit: make(chan struct{}), done: make(chan struct{})}
-	w.write()
 	go w.loop(cfg.MetricsInterval)
 	return w
 }
 
 func (w *metricsWriter) loop(interval time.Duration) {
 	defer close(w.done)
+	w.write()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {

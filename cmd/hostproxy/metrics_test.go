@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -31,16 +32,17 @@ func readMetrics(path string) (map[string]float64, error) {
 	return v, nil
 }
 
-// waitMetrics polls the metrics file until cond holds, for at most wait.
+// waitMetrics polls the metrics file until it exists and cond holds, for
+// at most wait.
 func waitMetrics(t *testing.T, path, what string, cond func(map[string]float64) bool) map[string]float64 {
 	t.Helper()
 	deadline := time.Now().Add(wait)
 	for {
 		v, err := readMetrics(path)
-		if err != nil {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			t.Fatal(err)
 		}
-		if cond(v) {
+		if err == nil && cond(v) {
 			return v
 		}
 		if time.Now().After(deadline) {
@@ -75,11 +77,10 @@ func startUDPMetrics(t *testing.T, interval string) (*proc, netip.AddrPort, stri
 func TestMetricsFile(t *testing.T) {
 	t.Parallel()
 	p, addr, path, labels := startUDPMetrics(t, "10ms")
-	// Written before "0\n".
-	v, err := readMetrics(path)
-	if err != nil {
-		t.Fatalf("metrics file once ready: %v", err)
-	}
+	v := waitMetrics(t, path, "the mapping", func(v map[string]float64) bool {
+		_, ok := v[`hostproxy_udp_flows_total{`+labels+`}`]
+		return ok
+	})
 	if v[`hostproxy_udp_flows_total{`+labels+`}`] != 0 || v[`hostproxy_build_info{version="dev",file="hostproxy.prom"}`] != 1 {
 		t.Errorf("first metrics file: %v", v)
 	}
@@ -168,10 +169,7 @@ func TestMetricsFileAtExit(t *testing.T) {
 	t.Parallel()
 	p, addr, path, labels := startUDPMetrics(t, "1h")
 	up := `hostproxy_udp_datagrams_total{` + labels + `,direction="up"}`
-	v, err := readMetrics(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := waitMetrics(t, path, "the first write", func(map[string]float64) bool { return true })
 	if got, ok := v[up]; !ok || got != 0 {
 		t.Fatalf("first file: %s = %v (present %v), want 0", up, got, ok)
 	}
@@ -180,7 +178,8 @@ func TestMetricsFileAtExit(t *testing.T) {
 		checkUDP(t, addr, "u:")
 	}
 	p.stop(t, syscall.SIGTERM)
-	if v, err = readMetrics(path); err != nil {
+	v, err := readMetrics(path)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if v[up] < n {
