@@ -200,8 +200,10 @@ func TestMetricsBadInput(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The file is checked once the mapping is bound: a free port, so that
+	// the test runs without root.
 	fw := func(more ...string) []string {
-		return append([]string{"-L", "127.0.0.1:1:127.0.0.1:2/udp"}, more...)
+		return append([]string{"-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:2/udp", freePort(t, lo4))}, more...)
 	}
 	for _, tt := range []struct {
 		name string

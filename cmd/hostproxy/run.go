@@ -63,9 +63,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return startFailed(st, stderr, err)
 	}
 	defer log.Sync()
-	if err := checkMetricsFile(cfg); err != nil {
-		return startFailed(st, stderr, err)
-	}
 
 	var (
 		s     *server
@@ -94,6 +91,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(sigs, stopSignals...)
 	if natSignal != nil {
 		signal.Notify(sigs, natSignal)
+	}
+	// Checked once the set-up is done, so as the process that writes it.
+	if err := checkMetricsFile(cfg); err != nil {
+		s.closeAll()
+		return startFailed(st, stderr, err)
 	}
 	notifyStats(sigs)
 	s.stderr = stderr
