@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hostproxy/hostproxy/internal/metrics"
+	"github.com/hostproxy/hostproxy/internal/testenv"
 )
 
 // readMetrics reads and parses the metrics file; an error means a missing,
@@ -246,5 +251,98 @@ func TestMetricsUsage(t *testing.T) {
 		if !strings.Contains(p.stdout.String(), want) {
 			t.Errorf("usage lacks %s", want)
 		}
+	}
+}
+
+// nodeExporter runs node_exporter with only the textfile collector reading
+// dir, on a free loopback port, and returns its /metrics URL and its log.
+func nodeExporter(t *testing.T, dir string) (string, *testenv.Buffer) {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus-node-exporter") // Debian's name
+	if err != nil {
+		bin = testenv.RequireCommand(t, "node_exporter")
+	}
+	for attempt := 1; ; attempt++ {
+		addr := netip.AddrPortFrom(lo4, freePort(t, lo4))
+		var log testenv.Buffer
+		cmd := exec.Command(bin, "--web.listen-address="+addr.String(), "--collector.disable-defaults",
+			"--collector.textfile", "--collector.textfile.directory="+dir)
+		cmd.Stdout, cmd.Stderr = &log, &log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+		url := "http://" + addr.String() + "/metrics"
+		deadline := time.Now().Add(wait)
+		for {
+			select {
+			case <-exited:
+				if attempt < 5 && strings.Contains(log.String(), "address already in use") {
+					break // another port
+				}
+				t.Fatalf("node_exporter exited:\n%s", &log)
+			default:
+				if resp, err := http.Get(url); err == nil {
+					resp.Body.Close()
+					return url, &log
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("node_exporter not answering on %s after %v:\n%s", url, wait, &log)
+				}
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			break
+		}
+	}
+}
+
+// TestMetricsNodeExporter: node_exporter's textfile collector reads the
+// files of two hostproxy processes in one directory as they are: no scrape
+// error, no series collected twice, the counters under their labels.
+func TestMetricsNodeExporter(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var addrs [2]netip.AddrPort
+	for i := range addrs {
+		backend := udpEcho(t, lo4, 0, "u:")
+		var port uint16
+		startOnFreePorts(t, spawn{}, func() ([]string, string) {
+			port = freePort(t, lo4)
+			return []string{"-L", fmt.Sprintf("127.0.0.1:%d:%s/udp", port, backend),
+				"-metrics-file", filepath.Join(dir, fmt.Sprintf("hostproxy-%d.prom", i)), "-metrics-interval", "50ms"}, "0\n"
+		})
+		addrs[i] = netip.AddrPortFrom(lo4, port)
+	}
+	checkUDP(t, addrs[1], "u:")
+	url, log := nodeExporter(t, dir)
+	deadline := time.Now().Add(wait)
+	for {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(body)
+		done := strings.Contains(text, "node_textfile_scrape_error 0") &&
+			strings.Count(text, "\nhostproxy_build_info{") == 2 &&
+			regexp.MustCompile(`\nhostproxy_udp_datagrams_total\{backend="[^"]+",direction="down",listen="`+regexp.QuoteMeta(addrs[1].String())+`",proto="udp"\} [1-9]`).MatchString(text) &&
+			regexp.MustCompile(`\nhostproxy_udp_active_flows\{backend="[^"]+",listen="`+regexp.QuoteMeta(addrs[0].String())+`",proto="udp"\} 0`).MatchString(text)
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node_exporter's metrics lack the hostproxy series after %v:\n%s", wait, text)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := log.String(); strings.Contains(s, "level=error") {
+		t.Errorf("node_exporter logged errors:\n%s", s)
 	}
 }
