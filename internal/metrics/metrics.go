@@ -54,7 +54,8 @@ func (s *Snapshot) AddUDP(listen, backend netip.AddrPort, st udp.Stats) {
 }
 
 // Renderer turns a Snapshot into text. Its zero value works; a Renderer is
-// not safe for concurrent use.
+// not safe for concurrent use. It expects the snapshots of one process: the
+// same mappings in the same order at every call (see sendErrors).
 type Renderer struct {
 	// Version is the value of hostproxy_build_info's version label.
 	Version string
@@ -93,7 +94,7 @@ const (
 // Exposition returns the Prometheus text of s: a HELP and a TYPE line per
 // metric family, then one sample per mapping (labels proto, listen,
 // backend), without timestamps. A family with no mapping to report is left
-// out. The result is valid until the next call.
+// out. The result is valid until the next call of Exposition or LogLines.
 func (r *Renderer) Exposition(s *Snapshot) []byte {
 	r.prepareLabels(s)
 	b := r.buf[:0]
