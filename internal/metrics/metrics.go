@@ -54,8 +54,8 @@ func (s *Snapshot) AddUDP(listen, backend netip.AddrPort, st udp.Stats) {
 }
 
 // Renderer turns a Snapshot into text. Its zero value works; a Renderer is
-// not safe for concurrent use. It expects the snapshots of one process: the
-// same mappings in the same order at every call (see sendErrors).
+// not safe for concurrent use. It remembers one value per UDP mapping it has
+// seen (see sendErrors), so it is meant for the snapshots of one process.
 type Renderer struct {
 	// Version is the value of hostproxy_build_info's version label.
 	Version string
@@ -67,9 +67,9 @@ type Renderer struct {
 	File string
 
 	buf      []byte
-	sendErrs []uint64 // per UDP mapping, the send_error drops last reported
-	labels   []byte   // the label set of every mapping, streams first
-	offs     []int    // mapping i's labels are labels[offs[i]:offs[i+1]]
+	sendErrs map[mapping]uint64 // per UDP mapping, the send_error drops last reported
+	labels   []byte             // the label set of every mapping, streams first
+	offs     []int              // mapping i's labels are labels[offs[i]:offs[i+1]]
 	scratch  []byte
 }
 
@@ -192,7 +192,7 @@ func (r *Renderer) Exposition(s *Snapshot) []byte {
 			st := &s.UDP[j].Stats
 			b = r.uint(b, famDrops, base+j, `reason="truncated"`, st.Truncated)
 			b = r.uint(b, famDrops, base+j, `reason="refused"`, st.Refused)
-			b = r.uint(b, famDrops, base+j, `reason="send_error"`, r.sendErrors(j, len(s.UDP), st))
+			b = r.uint(b, famDrops, base+j, `reason="send_error"`, r.sendErrors(&s.UDP[j]))
 			b = r.uint(b, famDrops, base+j, `reason="shutdown"`, st.Rejected)
 			b = r.uint(b, famDrops, base+j, `reason="flow_failed"`, st.FlowsFailed)
 		}
@@ -201,7 +201,10 @@ func (r *Renderer) Exposition(s *Snapshot) []byte {
 	return b
 }
 
-// sendErrors returns the send_error drops of UDP mapping j: udp.Stats
+// mapping identifies a host socket and its backend.
+type mapping struct{ listen, backend netip.AddrPort }
+
+// sendErrors returns the send_error drops of UDP mapping m: udp.Stats
 // counts a datagram dropped because its flow could not be opened both in
 // FlowsFailed and in Dropped, so the datagrams dropped for other reasons
 // (send errors, a flow evicted while its datagrams waited in the same
@@ -209,16 +212,17 @@ func (r *Renderer) Exposition(s *Snapshot) []byte {
 // which may catch a failure in one and not yet in the other: the value
 // reported is never lower than the one reported before for the same
 // mapping, so that the counter never goes back.
-func (r *Renderer) sendErrors(j, n int, st *udp.Stats) uint64 {
-	if len(r.sendErrs) != n {
-		r.sendErrs = append(r.sendErrs[:0], make([]uint64, n)...)
+func (r *Renderer) sendErrors(m *UDP) uint64 {
+	if r.sendErrs == nil {
+		r.sendErrs = make(map[mapping]uint64)
 	}
 	var v uint64
-	if st.Dropped > st.FlowsFailed {
-		v = st.Dropped - st.FlowsFailed
+	if m.Stats.Dropped > m.Stats.FlowsFailed {
+		v = m.Stats.Dropped - m.Stats.FlowsFailed
 	}
-	v = max(v, r.sendErrs[j])
-	r.sendErrs[j] = v
+	k := mapping{m.Listen, m.Backend}
+	v = max(v, r.sendErrs[k])
+	r.sendErrs[k] = v
 	return v
 }
 

@@ -307,4 +307,15 @@ func TestSendErrors(t *testing.T) {
 			t.Errorf("step %d: Dropped %d, FlowsFailed %d: send_error %v, want %v", i, step.dropped, step.failed, v[series], step.want)
 		}
 	}
+	// The last value belongs to the mapping, not to its place in the list.
+	s.UDP = append([]UDP{{Listen: netip.MustParseAddrPort("127.0.0.1:1053"), Backend: s.UDP[0].Backend,
+		Stats: udp.Stats{Dropped: 1}}}, s.UDP[0])
+	v, err := Parse(r.Exposition(&s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := strings.Replace(series, "127.0.0.1:53", "127.0.0.1:1053", 1)
+	if v[series] != 4 || v[other] != 1 {
+		t.Errorf("after a mapping came first: send_error %v and %v, want 4 and 1", v[series], v[other])
+	}
 }
