@@ -346,3 +346,35 @@ func TestMetricsNodeExporter(t *testing.T) {
 		t.Errorf("node_exporter logged errors:\n%s", s)
 	}
 }
+
+// TestMetricsFileCompat: with docker-proxy's flags (one udp.Proxy, not a
+// range) the file shows the mapping too, and SIGTERM, which stops at once
+// in this form, still leaves the final counts.
+func TestMetricsFileCompat(t *testing.T) {
+	t.Parallel()
+	backend := udpEcho(t, lo4, 0, "u:")
+	path := filepath.Join(t.TempDir(), "compat.prom")
+	var port uint16
+	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+		port = freePort(t, lo4)
+		return []string{"-proto", "udp", "-host-ip", "127.0.0.1", "-host-port", itoa(port),
+			"-container-ip", "127.0.0.1", "-container-port", itoa(backend.Port()),
+			"-metrics-file", path, "-metrics-interval", "1h"}, "0\n"
+	})
+	addr := netip.AddrPortFrom(lo4, port)
+	labels := fmt.Sprintf(`proto="udp",listen="%s",backend="%s"`, addr, backend)
+	waitMetrics(t, path, "the first write", func(v map[string]float64) bool {
+		_, ok := v[`hostproxy_udp_flows_total{`+labels+`}`]
+		return ok
+	})
+	checkUDP(t, addr, "u:")
+	p.stop(t, syscall.SIGTERM)
+	v, err := readMetrics(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v[`hostproxy_udp_datagrams_total{`+labels+`,direction="down"}`]; got < 1 {
+		t.Errorf("file at exit: %v datagrams down, want at least 1", got)
+	}
+	p.quiet(t)
+}
