@@ -398,12 +398,3 @@ func (r *Range) Close() error { return r.l.close() }
 
 // Shutdown drains every socket; see Proxy.Shutdown.
 func (r *Range) Shutdown(ctx context.Context) error { return r.l.shutdown(ctx) }
-
-// EachMapping calls fn once per host socket of the range, in the order of
-// the mappings given to NewRange, with its address, its backend and its
-// counters. It is safe to call at any time, also after Close.
-func (r *Range) EachMapping(fn func(listen, backend netip.AddrPort, s Stats)) {
-	for _, p := range r.l.members {
-		p.EachMapping(fn)
-	}
-}

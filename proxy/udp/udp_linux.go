@@ -833,9 +833,3 @@ func (l *limiter) allow(now int64) (ok bool, skipped int) {
 	l.next = now + int64(logEvery)
 	return true, skipped
 }
-
-// EachMapping calls fn once, with the host socket's address, the backend and
-// the counters (Stats). It is safe to call at any time, also after Close.
-func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, s Stats)) {
-	fn(p.laddr.AddrPort(), p.backend, p.Stats())
-}

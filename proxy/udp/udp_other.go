@@ -61,9 +61,3 @@ func (r *Range) Close() error { return nil }
 
 // Shutdown does nothing.
 func (r *Range) Shutdown(ctx context.Context) error { return nil }
-
-// EachMapping calls fn for no mapping.
-func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, s Stats)) {}
-
-// EachMapping calls fn for no mapping.
-func (r *Range) EachMapping(fn func(listen, backend netip.AddrPort, s Stats)) {}
