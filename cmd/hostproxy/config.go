@@ -46,6 +46,7 @@ const (
 	defaultUDPTimeout        = udp.DefaultIdleTimeout
 	defaultUDPMaxFlows       = udp.DefaultMaxFlows
 	defaultCompatProtoString = "tcp"
+	defaultMetricsInterval   = 15 * time.Second
 )
 
 // config is the validated command line.
@@ -74,6 +75,9 @@ type config struct {
 	LogLevel     zapcore.Level
 	LogFormat    logging.Format
 	LogTarget    logTarget
+
+	MetricsFile     string        // "": no metrics file
+	MetricsInterval time.Duration // between two writes of MetricsFile
 }
 
 // Backend returns the container address host port p maps to.
@@ -101,6 +105,8 @@ type flags struct {
 	udpMaxFlows                                 int
 	logLevel, logFormat                         string
 	logTarget                                   string
+	metricsFile                                 string
+	metricsInterval                             time.Duration
 }
 
 func newFlags() *flags {
@@ -123,6 +129,8 @@ func newFlags() *flags {
 	fs.StringVar(&f.logLevel, "log-level", defaultLogLevel, "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", defaultLogFormat, "log `format`: console or json")
 	fs.StringVar(&f.logTarget, "log-target", defaultLogTargetS, "where logs go, a `target`: stderr, journald (the systemd journal's native protocol) or auto (journald when stderr is the journal or /dev/null and the journal socket exists, else stderr)")
+	fs.StringVar(&f.metricsFile, "metrics-file", "", "write Prometheus metrics to this `file` (replaced atomically; node_exporter's textfile collector reads it)")
+	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval, "rewrite -metrics-file every `duration`, and at exit")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")
 	return f
@@ -152,6 +160,9 @@ func parseArgs(args []string) (*config, error) {
 		UDPTimeout:   f.udpTimeout,
 		UDPMaxFlows:  f.udpMaxFlows,
 		DrainTimeout: f.drainTimeout,
+
+		MetricsFile:     f.metricsFile,
+		MetricsInterval: f.metricsInterval,
 	}
 	var err error
 	if c.LogLevel, err = logging.ParseLevel(f.logLevel); err != nil {
@@ -174,10 +185,14 @@ func parseArgs(args []string) (*config, error) {
 		{"dial-timeout", c.DialTimeout, false},
 		{"udp-timeout", c.UDPTimeout, false},
 		{"drain-timeout", c.DrainTimeout, true},
+		{"metrics-interval", c.MetricsInterval, false},
 	} {
 		if d.v < 0 || d.v == 0 && !d.zero {
 			return nil, fmt.Errorf("-%s %v: want a positive duration", d.name, d.v)
 		}
+	}
+	if set["metrics-interval"] && c.MetricsFile == "" {
+		return nil, errors.New("-metrics-interval needs -metrics-file")
 	}
 	if c.UDPMaxFlows < 1 {
 		return nil, fmt.Errorf("-udp-max-flows %d: want at least 1", c.UDPMaxFlows)

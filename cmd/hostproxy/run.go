@@ -101,10 +101,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if hupSignal != nil {
 		signal.Notify(sigs, hupSignal)
 	}
+	// Checked once the set-up is done, so as the process that writes it.
+	if err := checkMetricsFile(cfg); err != nil {
+		s.closeAll()
+		return startFailed(st, stderr, err)
+	}
+	notifyStats(sigs)
+	s.stderr = stderr
 	s.serve()
+	mw := startMetrics(s, cfg)
 	st.ready(extra)
 	sm.ready(log)
-	return s.wait(sigs)
+	code := s.wait(sigs)
+	mw.stop() // the last counters, after the drain
+	return code
 }
 
 // startFailed reports err on fd 3 and as one line on stderr.
@@ -147,12 +157,16 @@ type server struct {
 	cfg     *config
 	log     *logging.Logger
 	proxies []proxy.Proxy
-	names   []string // "frontend/proto to backend", per proxy
+	names   []string        // "frontend/proto to backend", per proxy
+	protos  []sockopt.Proto // per proxy, for the metrics
 	// filtered are the sockets bound with the drop-all filter
 	// (-await-nat), held open until SIGUSR1 detaches it.
 	filtered []*alloc.Binding
 	errc     chan error      // Serve results
 	sm       *serviceManager // told when hostproxy stops; nil: nobody
+
+	stderr io.Writer  // for the stats lines (SIGUSR2)
+	stats  *collector // made on the first SIGUSR2
 }
 
 // add creates the proxy serving the socket f and records it; Serve starts
@@ -181,6 +195,7 @@ func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.Ad
 	}
 	s.proxies = append(s.proxies, p)
 	s.names = append(s.names, name)
+	s.protos = append(s.protos, proto)
 	return nil
 }
 
@@ -250,6 +265,7 @@ func (s *server) addGroup(g group) error {
 	}
 	s.proxies = append(s.proxies, p)
 	s.names = append(s.names, name)
+	s.protos = append(s.protos, g.proto)
 	return nil
 }
 
@@ -317,6 +333,9 @@ func (s *server) wait(sigs <-chan os.Signal) int {
 				s.log.Info("SIGHUP ignored: hostproxy has no configuration to reload (SIGTERM stops it)")
 				continue
 			}
+			if s.statsRequested(sig) {
+				continue
+			}
 			if natSignal != nil && sig == natSignal {
 				if len(s.filtered) == 0 {
 					s.log.Debug("SIGUSR1 ignored: no socket has a filter")
@@ -366,7 +385,7 @@ func (s *server) stop(sigs <-chan os.Signal) {
 		case <-done:
 			return
 		case sig := <-sigs:
-			if natSignal != nil && sig == natSignal || sig == hupSignal {
+			if natSignal != nil && sig == natSignal || sig == hupSignal || s.statsRequested(sig) {
 				continue
 			}
 			cancel() // a second stop signal: at once
