@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -33,8 +34,6 @@ const (
 	// flowRcvBuf is the receive buffer of a flow socket (capped by
 	// net.core.rmem_max), for a backend's bursts of replies.
 	flowRcvBuf = 1 << 20
-	// logEvery is the minimum interval between two log lines of one kind.
-	logEvery = 10 * time.Second
 
 	// UDP GSO: consecutive datagrams of one size for one destination go in
 	// one sendmsg with UDP_SEGMENT. Only datagrams up to gsoMaxSegment
@@ -171,7 +170,9 @@ type Proxy struct {
 	gro        bool // UDP_GRO is on on the host socket
 	flowGRO    bool // UDP_GRO is turned on on new flow sockets
 
-	evictLog, truncLog, sendLog, flowLog, readLog limiter
+	// One limiter per kind of failure: at most a line per
+	// proxy.DefaultLogEvery each.
+	evictLog, truncLog, sendLog, flowLog, readLog proxy.RateLimited
 }
 
 type counters struct {
@@ -307,6 +308,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error { return p.l.shutdown(ctx) }
 // now is the time of flows, in ns since the loop began.
 func (p *Proxy) now() int64 { return p.l.now() }
 
+// at converts now, a time of flows, to wall-clock time.
+func (p *Proxy) at(now int64) time.Time { return p.l.start.Add(time.Duration(now)) }
+
 // Stats returns the relay's counters. It is safe to call at any time.
 func (p *Proxy) Stats() Stats {
 	return Stats{
@@ -379,8 +383,8 @@ func (p *Proxy) fromClients(now int64) {
 		case unix.EAGAIN:
 			return
 		default:
-			if ok, skipped := p.readLog.allow(now); ok {
-				p.log.Warn("udp read from clients failed", logging.Err(errno), logging.Int("suppressed", skipped))
+			if ok, skipped := p.readLog.Allow(p.at(now)); ok {
+				p.log.Warn("udp read from clients failed", logging.Err(errno), logging.Int64("suppressed", skipped))
 			}
 			return
 		}
@@ -558,13 +562,13 @@ func (p *Proxy) send(fd int, dgrams []unix.Iovec, flows []*flow, reply, gso bool
 			return
 		}
 		p.st.dropped.Add(uint64(g.count))
-		if ok, skipped := p.sendLog.allow(now); ok {
+		if ok, skipped := p.sendLog.Allow(p.at(now)); ok {
 			to := "backend"
 			if reply {
 				to = "client"
 			}
 			p.log.Warn("udp send to "+to+" failed; datagram dropped", logging.AddrPort("client", f.key.client),
-				logging.Err(errno), logging.Int("suppressed", skipped))
+				logging.Err(errno), logging.Int64("suppressed", skipped))
 		}
 		k, retries = k+1, 0
 	}
@@ -599,9 +603,9 @@ func (p *Proxy) fromBackend(slot int32, now int64) {
 			p.st.refused.Add(1)
 			continue
 		default:
-			if ok, skipped := p.readLog.allow(now); ok {
+			if ok, skipped := p.readLog.Allow(p.at(now)); ok {
 				p.log.Warn("udp read from backend failed", logging.AddrPort("client", f.key.client),
-					logging.Err(errno), logging.Int("suppressed", skipped))
+					logging.Err(errno), logging.Int64("suppressed", skipped))
 			}
 			return
 		}
@@ -670,9 +674,9 @@ func (p *Proxy) flushReplies() {
 
 func (p *Proxy) truncated(from string, now int64) {
 	p.st.truncated.Add(1)
-	if ok, skipped := p.truncLog.allow(now); ok {
+	if ok, skipped := p.truncLog.Allow(p.at(now)); ok {
 		p.log.Warn("udp datagram truncated by the kernel; dropped", logging.String("from", from),
-			logging.Int("suppressed", skipped))
+			logging.Int64("suppressed", skipped))
 	}
 }
 
@@ -683,18 +687,18 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 		victim := p.tail
 		p.closeFlow(victim)
 		p.st.evicted.Add(1)
-		if ok, skipped := p.evictLog.allow(now); ok {
+		if ok, skipped := p.evictLog.Allow(p.at(now)); ok {
 			p.log.Warn("udp flow table full; evicted the least recently used flow",
 				logging.Int("max_flows", p.maxFlows), logging.AddrPort("evicted", victim.key.client),
-				logging.Duration("idle", time.Duration(now-victim.last)), logging.Int("suppressed", skipped))
+				logging.Duration("idle", time.Duration(now-victim.last)), logging.Int64("suppressed", skipped))
 		}
 	}
 	fd, err := p.dialBackend()
 	if err != nil {
 		p.st.failed.Add(1)
-		if ok, skipped := p.flowLog.allow(now); ok {
+		if ok, skipped := p.flowLog.Allow(p.at(now)); ok {
 			p.log.Error("udp flow not opened", logging.AddrPort("client", key.client), logging.Err(err),
-				logging.Int("suppressed", skipped))
+				logging.Int64("suppressed", skipped))
 		}
 		return nil
 	}
@@ -710,9 +714,9 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 		unix.Close(fd)
 		p.free = append(p.free, slot)
 		p.st.failed.Add(1)
-		if ok, skipped := p.flowLog.allow(now); ok {
+		if ok, skipped := p.flowLog.Allow(p.at(now)); ok {
 			p.log.Error("udp flow not opened", logging.AddrPort("client", key.client),
-				logging.Err(fmt.Errorf("epoll_ctl: %w", err)), logging.Int("suppressed", skipped))
+				logging.Err(fmt.Errorf("epoll_ctl: %w", err)), logging.Int64("suppressed", skipped))
 		}
 		return nil
 	}
@@ -815,21 +819,4 @@ func (p *Proxy) unlink(f *flow) {
 		p.tail = f.prev
 	}
 	f.prev, f.next = nil, nil
-}
-
-// limiter lets one log line of a kind through every logEvery and counts
-// the others.
-type limiter struct {
-	next    int64
-	skipped int
-}
-
-func (l *limiter) allow(now int64) (ok bool, skipped int) {
-	if now < l.next {
-		l.skipped++
-		return false, 0
-	}
-	skipped, l.skipped = l.skipped, 0
-	l.next = now + int64(logEvery)
-	return true, skipped
 }
