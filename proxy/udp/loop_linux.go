@@ -96,7 +96,7 @@ func (l *loop) serve(ctx context.Context) error {
 	switch l.state {
 	case stateClosed:
 		l.mu.Unlock()
-		return proxy.ErrClosed
+		return fmt.Errorf("udp proxy on %s: serve: %w", l.members[0].laddr, proxy.ErrClosed)
 	case stateServing:
 		l.mu.Unlock()
 		return fmt.Errorf("udp proxy on %s: Serve called twice", l.members[0].laddr)
@@ -142,7 +142,11 @@ func (l *loop) close() error {
 // shutdown drains the loop; see Proxy.Shutdown.
 func (l *loop) shutdown(ctx context.Context) error {
 	l.mu.Lock()
-	if l.state != stateServing {
+	switch l.state {
+	case stateClosed:
+		l.mu.Unlock()
+		return fmt.Errorf("udp proxy on %s: shutdown: %w", l.members[0].laddr, proxy.ErrClosed)
+	case stateNew:
 		l.mu.Unlock()
 		return l.close()
 	}

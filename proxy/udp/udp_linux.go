@@ -302,7 +302,8 @@ func (p *Proxy) Close() error { return p.l.close() }
 // Shutdown stops creating flows at once (datagrams from new clients are
 // dropped and counted as Rejected), keeps relaying for the existing flows
 // until each goes idle, and closes everything when none is left or ctx is
-// done, whichever comes first. It returns ctx.Err() in the second case.
+// done, whichever comes first. It returns ctx.Err() in the second case, and
+// proxy.ErrClosed when the proxy was already closed.
 func (p *Proxy) Shutdown(ctx context.Context) error { return p.l.shutdown(ctx) }
 
 // now is the time of flows, in ns since the loop began.
