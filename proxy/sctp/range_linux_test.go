@@ -337,8 +337,11 @@ func TestSCTPDialNoFreePort(t *testing.T) {
 	if err := os.WriteFile(rangeFile, []byte("47123 47123"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Clients bind their own port explicitly, outside the range.
-	client := func(port int) int {
+	// Clients bind their own port explicitly, outside the range. connect
+	// returns once the association is up; when the proxy aborts it at once
+	// (a dial that fails without a packet), connect may see the ABORT
+	// first and fail with ECONNREFUSED.
+	client := func(port int) (int, error) {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
 		if err != nil {
 			t.Fatal(err)
@@ -350,9 +353,9 @@ func TestSCTPDialNoFreePort(t *testing.T) {
 			t.Fatalf("bind client port %d: %v", port, err)
 		}
 		if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}); err != nil {
-			t.Fatalf("connect %s: %v", addr, err)
+			return fd, fmt.Errorf("connect %s: %w", addr, err)
 		}
-		return fd
+		return fd, nil
 	}
 	echo := func(fd int) error {
 		if _, err := unix.Write(fd, []byte("x")); err != nil {
@@ -365,15 +368,22 @@ func TestSCTPDialNoFreePort(t *testing.T) {
 		}
 		return err
 	}
-	holder := client(47200) // its backend association takes port 47123
-	if err := echo(holder); err != nil {
+	holder, err := client(47200) // its backend association takes port 47123
+	if err == nil {
+		err = echo(holder)
+	}
+	if err != nil {
 		t.Fatalf("first association: %v", err)
 	}
 	for i := range 3 {
-		fd := client(47201 + i)
-		if err := echo(fd); err == nil {
+		fd, err := client(47201 + i)
+		if err == nil {
+			err = echo(fd)
+		}
+		if err == nil {
 			t.Fatalf("client %d relayed although no local port was free", i)
 		}
+		t.Logf("client %d: %v", i, err)
 	}
 	waitUntil(t, "dial errors counted", func() bool { return counters(p)[addr].DialErrors >= 3 })
 	if n := strings.Count(logs.String(), "no free local port for backend associations"); n != 1 {
