@@ -29,6 +29,10 @@ type Range struct {
 	dialTimeout time.Duration
 	log         *logging.Logger // without listen and backend: each port's has them
 	pl          *poller
+	// bufs holds the Range's relay buffers (BufferSize each): a direction
+	// of an association takes one while it relays and gives it back at
+	// its end, so the Range holds about as many as it relays at once.
+	bufs sync.Pool
 
 	ctx    context.Context // cancelled by Close: ends pending dials
 	cancel context.CancelFunc
@@ -137,6 +141,10 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 		sessions:    make(map[*session]struct{}),
 		stopped:     make(chan struct{}),
 		loopDone:    make(chan struct{}),
+	}
+	r.bufs.New = func() any {
+		b := make([]byte, BufferSize)
+		return &b
 	}
 	for _, m := range ms {
 		if err := r.Add(m); err != nil {
@@ -422,9 +430,9 @@ func (r *Range) handle(s *session) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.relay(client, backend, &pt.stats.BytesDown)
+		r.relay(s, client, backend, &pt.stats.BytesDown)
 	}()
-	s.relay(backend, client, &pt.stats.BytesUp)
+	r.relay(s, backend, client, &pt.stats.BytesUp)
 	<-done
 	client.Close()
 	backend.Close()
@@ -483,9 +491,9 @@ func (r *Range) dialSucceeded(pt *port) {
 // peer) becomes a SHUTDOWN towards dst; any other error aborts both
 // associations, so that the opposite direction ends too, and marks the
 // session reset.
-func (s *session) relay(dst, src *Conn, n *atomic.Uint64) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+func (r *Range) relay(s *session, dst, src *Conn, n *atomic.Uint64) {
+	bp := r.bufs.Get().(*[]byte)
+	defer r.bufs.Put(bp)
 	buf := *bp
 	log := s.pt.log
 	for {
@@ -515,11 +523,6 @@ func (s *session) relay(dst, src *Conn, n *atomic.Uint64) {
 		n.Add(uint64(m))
 	}
 }
-
-var bufPool = sync.Pool{New: func() any {
-	b := make([]byte, BufferSize)
-	return &b
-}}
 
 // abort ends s at once with an ABORT on both sides. r.mu must be held.
 func (s *session) abort() {
