@@ -299,15 +299,18 @@ var errNoneWaiting = errors.New("no association waiting")
 func (r *Range) acceptLoop() error {
 	var backoff proxy.Backoff
 	for {
-		if !r.waitHold() {
-			return nil
-		}
 		events, err := r.pl.wait()
 		if err != nil {
 			if r.isStopping() {
 				return nil
 			}
 			return fmt.Errorf("sctp proxy: %w", err)
+		}
+		// Checked after the wait, so that a streak of failed dials that
+		// began while the loop was parked holds the next accept too. The
+		// sockets are level-triggered: nothing waiting is lost.
+		if !r.waitHold() {
+			return nil
 		}
 		for _, ev := range events {
 			pt, err := r.accept(ev.Fd)
