@@ -23,6 +23,11 @@ type poller struct {
 	tryFn func(fd uintptr) bool // try, bound once: waiting allocates nothing
 }
 
+// pollEvents is the most ready sockets one wait returns. The sockets are
+// level-triggered, so more ready ones are reported at the next wait; a
+// small array keeps a Proxy of one socket small.
+const pollEvents = 8
+
 func newPoller() (*poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -38,7 +43,7 @@ func newPoller() (*poller, error) {
 		f.Close()
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
-	pl := &poller{f: f, rc: rc, epfd: epfd, ev: make([]unix.EpollEvent, 64)}
+	pl := &poller{f: f, rc: rc, epfd: epfd, ev: make([]unix.EpollEvent, pollEvents)}
 	pl.tryFn = pl.try
 	return pl, nil
 }
