@@ -8,7 +8,8 @@ import (
 
 // ErrorClass says what a stream relay's accept loop or dialer does after a
 // failed accept or backend dial. ClassifyAccept and ClassifyDial decide it
-// from the error's errno (errors.Is), never from its text.
+// from the errno the error wraps (errors.As; syscall.Errno is unix.Errno),
+// never from its text.
 type ErrorClass int
 
 const (

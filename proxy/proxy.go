@@ -1,6 +1,10 @@
 // Package proxy defines what every hostproxy protocol relay (proxy/tcp,
-// proxy/udp, proxy/sctp) provides, and the small helpers they share. It holds
-// nothing protocol-specific.
+// proxy/udp, proxy/sctp) provides: the lifecycle of Proxy, stated once, and
+// the per-mapping counters of the stream relays. It also holds what the
+// relays share: the accept back-off (Backoff), one classification of accept
+// and dial errors (ErrorClass), and one rate-limited logger for messages
+// about failures that keep happening (RateLimited). It holds nothing
+// protocol-specific.
 package proxy
 
 import (
