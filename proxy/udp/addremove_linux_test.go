@@ -128,3 +128,21 @@ func TestRangeAddBeforeServeAndAfterClose(t *testing.T) {
 		t.Fatalf("Remove after Close = %v, want proxy.ErrClosed", err)
 	}
 }
+
+func TestRangeAddDuringShutdown(t *testing.T) {
+	r, addrs := startRange(t, 1, Config{IdleTimeout: time.Minute})
+	c := dial(t, addrs[0])
+	roundTrip(t, c, []byte("keeps a flow open"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Shutdown(ctx) }()
+	waitFor(t, 10*time.Second, "Shutdown to begin", func() bool { return r.l.draining.Load() })
+	h := hostSocket(t, "127.0.0.1:0")
+	if err := r.Add(Mapping{File: h, Backend: echoBackend(t, "127.0.0.1:0")}); !errors.Is(err, proxy.ErrClosed) {
+		t.Fatalf("Add during Shutdown = %v, want proxy.ErrClosed", err)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown = %v, want context.Canceled", err)
+	}
+}
