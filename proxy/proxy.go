@@ -1,6 +1,10 @@
 // Package proxy defines what every hostproxy protocol relay (proxy/tcp,
-// proxy/udp, proxy/sctp) provides, and the small helpers they share. It holds
-// nothing protocol-specific.
+// proxy/udp, proxy/sctp) provides: the lifecycle of Proxy, stated once, and
+// the per-mapping counters of the stream relays. It also holds what the
+// relays share: the accept back-off (Backoff), one classification of accept
+// and dial errors (ErrorClass), and one rate-limited logger for messages
+// about failures that keep happening (RateLimited). It holds nothing
+// protocol-specific.
 package proxy
 
 import (
@@ -9,28 +13,40 @@ import (
 	"time"
 )
 
-// Proxy relays traffic from a host socket to one backend.
+// Proxy relays traffic from host sockets to their backends. This comment is
+// the one statement of the lifecycle every relay (proxy/tcp, proxy/udp,
+// proxy/sctp) keeps; internal/proxytest.Contract tests each against it.
 //
-// Serve may be called once. It serves until ctx is done, Close is called or
-// Shutdown completes, and then returns nil; it returns a non-nil error only
-// when serving failed for another reason. It never exits the process.
+// Serve serves until ctx is done, Close is called or Shutdown completes, and
+// then returns nil; it returns a non-nil error only when serving failed for
+// another reason (the host socket became unusable). It never exits the
+// process. Serve may be called once: a second call while serving returns an
+// error at once and leaves the first serving, and Serve on a proxy already
+// closed returns proxy.ErrClosed.
 //
-// Close stops serving at once: the host socket, every relayed connection or
-// flow and every backend socket are closed, and Serve returns. Close is safe to
-// call more than once and from any goroutine.
+// Close stops serving at once: the host sockets, every relayed connection or
+// flow and every backend socket are closed, and Serve returns. Close is safe
+// to call more than once and from any goroutine; it always returns nil once
+// the proxy is closed. Close before Serve releases the sockets.
 //
-// Shutdown stops accepting new connections (TCP, SCTP) or new flows (UDP) at
-// once, lets the open ones finish until ctx is done, then closes whatever is
-// left as Close does. It returns ctx.Err() when it had to cut connections
-// short, nil otherwise.
+// Shutdown stops taking new connections (TCP, SCTP) or new flows (UDP) at
+// once, lets the open ones go on until they end by themselves (a UDP flow
+// ends when it has been idle for its timeout), then closes everything as
+// Close does and returns nil. When ctx is done first it closes what is left
+// as Close does and returns ctx.Err(). With nothing open it returns at once.
+// Serve returns nil once Shutdown has completed.
+//
+// After Close, or after Shutdown has returned, the proxy is closed for good:
+// Close returns nil, and Shutdown and Serve return an error wrapping
+// proxy.ErrClosed.
 type Proxy interface {
 	Serve(ctx context.Context) error
 	Close() error
 	Shutdown(ctx context.Context) error
 }
 
-// ErrClosed is returned by methods of a proxy that was already closed, other
-// than Close itself.
+// ErrClosed is returned (wrapped) by Serve and Shutdown of a proxy that was
+// already closed; Close itself returns nil.
 var ErrClosed = errors.New("proxy closed")
 
 // Backoff is the delay schedule of an accept loop after an error such as

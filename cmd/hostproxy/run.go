@@ -225,12 +225,12 @@ func (g *group) add(f *os.File, frontend, backend netip.AddrPort) {
 	g.backends = append(g.backends, backend)
 }
 
-// addGroup serves the sockets of g: TCP and UDP with one proxy for all of
-// them (tcp.NewRange, udp.NewRange: one goroutine and one epoll set), SCTP
-// with a proxy each. The proxies have their own descriptors: the caller
+// addGroup serves the sockets of g with one proxy for all of them
+// (tcp.NewRange, udp.NewRange, sctp.NewRange: one accept or event goroutine
+// and one epoll set). The proxies have their own descriptors: the caller
 // closes the files.
 func (s *server) addGroup(g group) error {
-	if len(g.files) <= 1 || g.proto == sockopt.SCTP {
+	if len(g.files) <= 1 {
 		for i, f := range g.files {
 			if err := s.add(f, g.proto, g.frontends[i], g.backends[i]); err != nil {
 				return err
@@ -257,6 +257,12 @@ func (s *server) addGroup(g group) error {
 			ms[i] = udp.Mapping{File: f, Backend: g.backends[i]}
 		}
 		p, err = udp.NewRange(ms, udp.Config{IdleTimeout: s.cfg.UDPTimeout, MaxFlows: s.cfg.UDPMaxFlows, Logger: log})
+	case sockopt.SCTP:
+		ms := make([]sctp.Mapping, len(g.files))
+		for i, f := range g.files {
+			ms[i] = sctp.Mapping{File: f, Backend: g.backends[i]}
+		}
+		p, err = sctp.NewRange(ms, sctp.Config{DialTimeout: s.cfg.DialTimeout, Logger: log})
 	default:
 		err = fmt.Errorf("unsupported protocol %s", g.proto)
 	}

@@ -282,6 +282,11 @@ func (c *Conn) connect(ctx context.Context, addr netip.AddrPort) error {
 		return err
 	}
 	err := c.control("connect", func(fd int) error { return unix.Connect(fd, sockaddr(addr)) })
+	if errors.Is(err, unix.EAGAIN) {
+		// Linux reports an SCTP connect that finds no free local port
+		// (autobind) as EAGAIN; a non-blocking connect has no other.
+		return fmt.Errorf("no free local port: %w (%w)", unix.EADDRNOTAVAIL, err)
+	}
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		return err
 	}
@@ -363,22 +368,45 @@ func Listen(addr netip.AddrPort) (*Listener, error) {
 // too. The socket gets SCTP_INITMSG asking for the maximum number of streams,
 // and the SCTP_SNDRCV and association-change subscriptions.
 func FileListener(f *os.File) (*Listener, error) {
-	if f == nil {
-		return nil, errors.New("sctp listener: nil file")
-	}
-	info, err := sockopt.Inspect(f)
+	nfd, local, err := openListener(f)
 	if err != nil {
 		return nil, err
 	}
+	l := &Listener{f: os.NewFile(uintptr(nfd), "sctp:"+local.String()), addr: local}
+	if l.rc, err = l.f.SyscallConn(); err != nil {
+		l.f.Close()
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return l, nil
+}
+
+// openListener checks that f is a listening one-to-one SCTP socket and
+// returns a non-blocking, close-on-exec duplicate of it with SCTP_INITMSG
+// and the subscriptions set, and its local address.
+func openListener(f *os.File) (int, netip.AddrPort, error) {
+	if f == nil {
+		return -1, netip.AddrPort{}, errors.New("sctp listener: nil file")
+	}
+	info, err := sockopt.Inspect(f)
+	if err != nil {
+		return -1, netip.AddrPort{}, err
+	}
 	if info.Proto != sockopt.SCTP || info.Type != unix.SOCK_STREAM {
-		return nil, fmt.Errorf("%s: %s is not a one-to-one SCTP socket", f.Name(), info)
+		return -1, netip.AddrPort{}, fmt.Errorf("%s: %s is not a one-to-one SCTP socket", f.Name(), info)
 	}
 	if !info.Listening {
-		return nil, fmt.Errorf("%s: %s is not listening", f.Name(), info)
+		return -1, netip.AddrPort{}, fmt.Errorf("%s: %s is not listening", f.Name(), info)
+	}
+	// The options belong to the socket, which the duplicate shares.
+	if err := sockopt.SetSCTPInitMsg(f, sockopt.MaxSCTPStreams); err != nil {
+		return -1, netip.AddrPort{}, err
+	}
+	if err := sockopt.SubscribeSCTPEvents(f, sockopt.SCTPEvents{DataIO: true, Association: true}); err != nil {
+		return -1, netip.AddrPort{}, err
 	}
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+		return -1, netip.AddrPort{}, fmt.Errorf("%s: %w", f.Name(), err)
 	}
 	nfd := -1
 	var opErr error
@@ -390,25 +418,12 @@ func FileListener(f *os.File) (*Listener, error) {
 			}
 		}
 	}); err != nil {
-		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+		return -1, netip.AddrPort{}, fmt.Errorf("dup %s: %w", f.Name(), err)
 	}
 	if opErr != nil {
-		return nil, fmt.Errorf("dup %s: %w", f.Name(), opErr)
+		return -1, netip.AddrPort{}, fmt.Errorf("dup %s: %w", f.Name(), opErr)
 	}
-	l := &Listener{f: os.NewFile(uintptr(nfd), "sctp:"+info.Local.String()), addr: info.Local}
-	if l.rc, err = l.f.SyscallConn(); err != nil {
-		l.f.Close()
-		return nil, fmt.Errorf("%s: %w", f.Name(), err)
-	}
-	if err := sockopt.SetSCTPInitMsg(l.f, sockopt.MaxSCTPStreams); err != nil {
-		l.f.Close()
-		return nil, err
-	}
-	if err := sockopt.SubscribeSCTPEvents(l.f, sockopt.SCTPEvents{DataIO: true, Association: true}); err != nil {
-		l.f.Close()
-		return nil, err
-	}
-	return l, nil
+	return nfd, info.Local, nil
 }
 
 // Addr returns the address the listener is bound to.
@@ -418,21 +433,12 @@ func (l *Listener) Addr() netip.AddrPort { return l.addr }
 // wrapping net.ErrClosed.
 func (l *Listener) Accept() (*Conn, error) {
 	var (
-		nfd   int
-		sa    unix.Sockaddr
+		c     *Conn
 		opErr error
 	)
 	err := l.rc.Read(func(fd uintptr) bool {
-		for {
-			nfd, sa, opErr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			switch opErr {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			}
-			return true
-		}
+		c, opErr = acceptConn(int(fd), l.addr)
+		return opErr != unix.EAGAIN
 	})
 	if err != nil && l.closed.Load() {
 		err = net.ErrClosed
@@ -443,8 +449,29 @@ func (l *Listener) Accept() (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("accept sctp %s: %w", l.addr, err)
 	}
+	return c, nil
+}
+
+// acceptConn accepts one association on the non-blocking listening socket
+// fd bound to laddr. It returns unix.EAGAIN, unwrapped, when none is
+// waiting.
+func acceptConn(fd int, laddr netip.AddrPort) (*Conn, error) {
+	var (
+		nfd int
+		sa  unix.Sockaddr
+		err error
+	)
+	for {
+		nfd, sa, err = unix.Accept4(fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
 	remote := addrPort(sa)
-	local := l.addr
+	local := laddr
 	if lsa, err := unix.Getsockname(nfd); err == nil {
 		local = addrPort(lsa)
 	}
@@ -456,7 +483,7 @@ func (l *Listener) Accept() (*Conn, error) {
 	// so that a listener from an engine (fd 4) cannot change the outcome.
 	if err := sockopt.SubscribeSCTPEvents(c.f, sockopt.SCTPEvents{DataIO: true, Association: true}); err != nil {
 		c.Abort()
-		return nil, fmt.Errorf("accept sctp %s from %s: %w", l.addr, remote, err)
+		return nil, fmt.Errorf("from %s: %w", remote, err)
 	}
 	return c, nil
 }

@@ -14,6 +14,16 @@
 // so a message larger than that reaches the other side as several messages
 // with the same stream id and PPID.
 //
+// A Range serves many listening sockets, each relayed to its own backend,
+// with one accept goroutine (an epoll set of the sockets); mappings can be
+// added and removed while it serves. A Proxy is a Range of one socket. Both
+// count per mapping (proxy.StreamCounters): associations accepted and open,
+// bytes each way, failed dials and accepts, and associations that ended
+// with an ABORT. Accept and dial errors are handled by their
+// proxy.ErrorClass; a backend dial that finds no free local port
+// (EADDRNOTAVAIL) makes the accept loop back off and is logged once with
+// the remedy.
+//
 // The package also offers the small message-oriented client and listener
 // (Dial, Listen, Conn) that the relay is built on; tests use them too. SCTP is
 // supported on Linux only; elsewhere every constructor returns an error
@@ -22,6 +32,7 @@ package sctp
 
 import (
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/hostproxy/hostproxy/logging"
@@ -53,6 +64,13 @@ func (c Config) dialTimeout() time.Duration {
 // association reads messages into.
 const BufferSize = 64 << 10
 
+// Mapping is one listening socket of a Range and the backend its
+// associations are relayed to.
+type Mapping struct {
+	File    *os.File // a listening one-to-one SCTP socket; NewRange and Add duplicate it
+	Backend netip.AddrPort
+}
+
 // Info is the SCTP information a message carries besides its bytes.
 type Info struct {
 	Stream    uint16 // stream id
@@ -76,4 +94,7 @@ func (a *Addr) String() string {
 	return a.AddrPort.String()
 }
 
-var _ proxy.Proxy = (*Proxy)(nil)
+var (
+	_ proxy.Proxy = (*Proxy)(nil)
+	_ proxy.Proxy = (*Range)(nil)
+)

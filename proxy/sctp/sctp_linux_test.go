@@ -623,7 +623,7 @@ func TestSCTPAcceptErrorBacksOff(t *testing.T) {
 	// that a goroutine of an earlier test frees meanwhile lets the accept
 	// succeed (the backend dial then meets EMFILE instead), so the attempt
 	// is repeated, each with a new client, until accept fails.
-	failed := func() bool { return strings.Contains(logs.String(), "accept failed; retrying") }
+	failed := func() bool { return strings.Contains(logs.String(), "accept failed; backing off") }
 	for attempt := 1; !failed(); attempt++ {
 		if attempt > 5 {
 			t.Fatalf("no accept failure logged in 5 attempts; logs:\n%s", logs.String())
@@ -657,7 +657,7 @@ func TestSCTPAcceptErrorBacksOff(t *testing.T) {
 		restore()
 	}
 	for _, line := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(line, "accept failed; retrying") && !strings.Contains(line, "too many open files") {
+		if strings.Contains(line, "accept failed; backing off") && !strings.Contains(line, "too many open files") {
 			t.Errorf("the logged accept failure is not EMFILE: %s", line)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -34,6 +35,39 @@ func (p *Proxy) Close() error { return nil }
 
 // Shutdown does nothing.
 func (p *Proxy) Shutdown(ctx context.Context) error { return nil }
+
+// EachMapping does nothing.
+func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.StreamCounters)) {}
+
+// Range is not supported on this platform; NewRange returns an error.
+type Range struct{}
+
+// NewRange is not supported on this platform.
+func NewRange(ms []Mapping, cfg Config) (*Range, error) {
+	return nil, fmt.Errorf("sctp proxy: %w", sockopt.ErrUnsupported)
+}
+
+// Add is not supported on this platform.
+func (r *Range) Add(m Mapping) error { return fmt.Errorf("sctp proxy: %w", sockopt.ErrUnsupported) }
+
+// Remove is not supported on this platform.
+func (r *Range) Remove(listen netip.AddrPort) error {
+	return fmt.Errorf("sctp proxy: %w", sockopt.ErrUnsupported)
+}
+
+// EachMapping does nothing.
+func (r *Range) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.StreamCounters)) {}
+
+// Serve is not supported on this platform.
+func (r *Range) Serve(ctx context.Context) error {
+	return fmt.Errorf("sctp proxy: %w", sockopt.ErrUnsupported)
+}
+
+// Close does nothing.
+func (r *Range) Close() error { return nil }
+
+// Shutdown does nothing.
+func (r *Range) Shutdown(ctx context.Context) error { return nil }
 
 // Conn is not supported on this platform; Dial returns an error.
 type Conn struct{}

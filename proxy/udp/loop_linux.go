@@ -23,17 +23,27 @@ import (
 // the set's read deadline times flow expiry and wakes the loop for Close
 // and Shutdown.
 type loop struct {
+	// members are the proxies served, in the order given and added. The
+	// slice is replaced, never changed in place, by the serving goroutine
+	// (or by Add before Serve) with mu held; other goroutines read it
+	// with mu held.
 	members []*Proxy
-	epfd    int // also held (and closed) by epf
-	epf     *os.File
-	rc      syscall.RawConn
-	start   time.Time // flow times are ns since start
+	// slots are the members by index (epoll Pad); nil once removed. Owned
+	// by the serving goroutine (by Add before Serve).
+	slots []*Proxy
+	name  string // the first host socket's address, for errors
+	epfd  int    // also held (and closed) by epf
+	epf   *os.File
+	rc    syscall.RawConn
+	start time.Time // flow times are ns since start
 
 	mu       sync.Mutex
 	state    int // stateNew, stateServing, stateClosed
 	done     chan struct{}
 	closing  atomic.Bool
 	draining atomic.Bool
+	ops      []memberOp  // Add and Remove calls waiting for the serving goroutine; guarded by mu
+	opsReady atomic.Bool // ops is not empty
 
 	// Everything below is owned by the serving goroutine.
 	events   []unix.EpollEvent
@@ -52,18 +62,19 @@ const (
 
 // newLoop builds the epoll set for members and adds their host sockets.
 func newLoop(members []*Proxy) (*loop, error) {
-	l := &loop{members: members, epfd: -1, start: time.Now(), done: make(chan struct{})}
+	l := &loop{epfd: -1, start: time.Now(), done: make(chan struct{})}
+	if len(members) > 0 {
+		l.name = members[0].laddr.String()
+	}
 	var err error
 	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		l.epfd = -1
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	for i, p := range members {
-		p.l, p.idx = l, int32(i)
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: tokHost, Pad: int32(i)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, p.hostFD, &ev); err != nil {
+	for _, p := range members {
+		if err := l.attach(p); err != nil {
 			l.closeEpoll()
-			return nil, fmt.Errorf("epoll_ctl %s: %w", p.laddr, err)
+			return nil, err
 		}
 	}
 	if err := unix.SetNonblock(l.epfd, true); err != nil {
@@ -96,10 +107,10 @@ func (l *loop) serve(ctx context.Context) error {
 	switch l.state {
 	case stateClosed:
 		l.mu.Unlock()
-		return proxy.ErrClosed
+		return fmt.Errorf("udp proxy on %s: serve: %w", l.name, proxy.ErrClosed)
 	case stateServing:
 		l.mu.Unlock()
-		return fmt.Errorf("udp proxy on %s: Serve called twice", l.members[0].laddr)
+		return fmt.Errorf("udp proxy on %s: Serve called twice", l.name)
 	}
 	l.state = stateServing
 	l.mu.Unlock()
@@ -115,7 +126,12 @@ func (l *loop) serve(ctx context.Context) error {
 	l.release()
 	l.mu.Lock()
 	l.state = stateClosed
+	ops := l.ops
+	l.ops = nil
 	l.mu.Unlock()
+	for _, op := range ops {
+		op.refuse(l.name)
+	}
 	close(l.done)
 	return err
 }
@@ -142,7 +158,11 @@ func (l *loop) close() error {
 // shutdown drains the loop; see Proxy.Shutdown.
 func (l *loop) shutdown(ctx context.Context) error {
 	l.mu.Lock()
-	if l.state != stateServing {
+	switch l.state {
+	case stateClosed:
+		l.mu.Unlock()
+		return fmt.Errorf("udp proxy on %s: shutdown: %w", l.name, proxy.ErrClosed)
+	case stateNew:
 		l.mu.Unlock()
 		return l.close()
 	}
@@ -193,6 +213,9 @@ func (l *loop) run() error {
 		if l.closing.Load() {
 			return nil
 		}
+		if l.opsReady.Load() {
+			l.applyOps()
+		}
 		if l.draining.Load() && l.drained() {
 			return nil
 		}
@@ -206,7 +229,7 @@ func (l *loop) run() error {
 				l.expireAll()
 				continue
 			}
-			return fmt.Errorf("udp proxy on %s: epoll_wait: %w", l.members[0].laddr, err)
+			return fmt.Errorf("udp proxy on %s: epoll_wait: %w", l.name, err)
 		}
 		now := l.now()
 		l.getWork()
@@ -215,7 +238,10 @@ func (l *loop) run() error {
 		var cur *Proxy
 		for i := range l.events[:l.nev] {
 			ev := &l.events[i]
-			p := l.members[ev.Pad]
+			p := l.slots[ev.Pad]
+			if p == nil {
+				continue // removed
+			}
 			if p != cur {
 				if cur != nil {
 					cur.flushReplies()
@@ -345,7 +371,8 @@ type Mapping struct {
 // one goroutine and one epoll set for all of them. Each socket keeps its own
 // flows, bound (Config.MaxFlows) and counters.
 type Range struct {
-	l *loop
+	l   *loop
+	cfg Config // for Add
 }
 
 var _ proxy.Proxy = (*Range)(nil)
@@ -377,13 +404,16 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 	if err != nil {
 		return fail(fmt.Errorf("udp proxy on %s and %d more: %w", members[0].laddr, len(members)-1, err))
 	}
-	return &Range{l: l}, nil
+	return &Range{l: l, cfg: cfg}, nil
 }
 
 // Stats returns the counters of every socket added up.
 func (r *Range) Stats() Stats {
 	var sum Stats
-	for _, p := range r.l.members {
+	r.l.mu.Lock()
+	members := r.l.members
+	r.l.mu.Unlock()
+	for _, p := range members {
 		sum.add(p.Stats())
 	}
 	return sum
@@ -398,3 +428,139 @@ func (r *Range) Close() error { return r.l.close() }
 
 // Shutdown drains every socket; see Proxy.Shutdown.
 func (r *Range) Shutdown(ctx context.Context) error { return r.l.shutdown(ctx) }
+
+// Add starts relaying m's socket as NewRange would, also while the Range
+// serves (the serving goroutine takes it between two rounds of events, and
+// Add returns once it has). Like NewRange it duplicates m.File, which the
+// caller closes afterwards. It fails when the socket is not a bound UDP
+// socket, the backend is not usable, a socket of the Range already has the
+// same address, or the Range is closed or shutting down (proxy.ErrClosed).
+func (r *Range) Add(m Mapping) error {
+	c := r.cfg
+	c.Backend = m.Backend
+	p, err := newMember(m.File, c)
+	if err != nil {
+		return err
+	}
+	return r.l.submit(memberOp{add: p})
+}
+
+// Remove stops relaying the socket whose address is listen, also while the
+// Range serves: its flows and this Range's descriptor of the socket are
+// closed (the caller's file is its own), and its counters leave Stats. The
+// other sockets and their flows are not disturbed.
+func (r *Range) Remove(listen netip.AddrPort) error {
+	return r.l.submit(memberOp{remove: listen})
+}
+
+// memberOp is an Add or a Remove for the serving goroutine.
+type memberOp struct {
+	add    *Proxy         // to add, or nil
+	remove netip.AddrPort // to remove, when add is nil
+	done   chan error
+}
+
+// refuse answers op when the loop no longer serves.
+func (op memberOp) refuse(name string) {
+	if op.add != nil {
+		op.add.release()
+	}
+	op.done <- fmt.Errorf("udp proxy on %s: %w", name, proxy.ErrClosed)
+}
+
+// submit applies op: at once before Serve, through the serving goroutine
+// while serving, not at all after Close or during Shutdown.
+func (l *loop) submit(op memberOp) error {
+	op.done = make(chan error, 1)
+	l.mu.Lock()
+	switch {
+	case l.state == stateClosed || l.draining.Load() || l.closing.Load():
+		l.mu.Unlock()
+		op.refuse(l.name)
+	case l.state == stateNew:
+		err := l.apply(op)
+		l.mu.Unlock()
+		return err
+	default:
+		l.ops = append(l.ops, op)
+		l.opsReady.Store(true)
+		l.wakeLocked()
+		l.mu.Unlock()
+	}
+	return <-op.done
+}
+
+// applyOps applies the waiting Add and Remove calls; the serving goroutine
+// calls it between two rounds of events.
+func (l *loop) applyOps() {
+	l.mu.Lock()
+	ops := l.ops
+	l.ops = nil
+	l.opsReady.Store(false)
+	for _, op := range ops {
+		op.done <- l.apply(op)
+	}
+	l.mu.Unlock()
+}
+
+// apply adds or removes a member. l.mu is held, and either the serving
+// goroutine calls it or Serve has not begun.
+func (l *loop) apply(op memberOp) error {
+	if p := op.add; p != nil {
+		for _, o := range l.members {
+			if o.laddr.AddrPort() == p.laddr.AddrPort() {
+				p.release()
+				return fmt.Errorf("udp proxy: add %s: already served", p.laddr)
+			}
+		}
+		if err := l.attach(p); err != nil {
+			p.release()
+			return err
+		}
+		if l.state == stateServing {
+			p.flows = make(map[flowKey]*flow)
+		}
+		return nil
+	}
+	for i, p := range l.members {
+		if p.laddr.AddrPort() != op.remove {
+			continue
+		}
+		// The caller's descriptor may keep the socket open: leave the
+		// epoll set explicitly.
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, p.hostFD, nil)
+		l.slots[p.idx] = nil
+		members := make([]*Proxy, 0, len(l.members)-1)
+		l.members = append(append(members, l.members[:i]...), l.members[i+1:]...)
+		p.release()
+		return nil
+	}
+	return fmt.Errorf("udp proxy: remove %s: no such socket", op.remove)
+}
+
+// attach adds p's host socket to the epoll set and p to the members, in a
+// free slot. l.mu is held, or l is not shared yet.
+func (l *loop) attach(p *Proxy) error {
+	idx := len(l.slots)
+	for i, o := range l.slots {
+		if o == nil {
+			idx = i
+			break
+		}
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: tokHost, Pad: int32(idx)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, p.hostFD, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl %s: %w", p.laddr, err)
+	}
+	p.l, p.idx = l, int32(idx)
+	if idx == len(l.slots) {
+		l.slots = append(l.slots, p)
+	} else {
+		l.slots[idx] = p
+	}
+	l.members = append(l.members[:len(l.members):len(l.members)], p)
+	if l.name == "" {
+		l.name = p.laddr.String()
+	}
+	return nil
+}

@@ -53,6 +53,14 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 // Stats returns zero counters.
 func (r *Range) Stats() Stats { return Stats{} }
 
+// Add is not supported on this platform.
+func (r *Range) Add(m Mapping) error { return fmt.Errorf("udp proxy: %w", sockopt.ErrUnsupported) }
+
+// Remove is not supported on this platform.
+func (r *Range) Remove(listen netip.AddrPort) error {
+	return fmt.Errorf("udp proxy: %w", sockopt.ErrUnsupported)
+}
+
 // Serve returns proxy.ErrClosed.
 func (r *Range) Serve(ctx context.Context) error { return proxy.ErrClosed }
 
