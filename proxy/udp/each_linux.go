@@ -12,7 +12,10 @@ func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, s Stats)) {
 // the mappings given to NewRange, with its address, its backend and its
 // counters. It is safe to call at any time, also after Close.
 func (r *Range) EachMapping(fn func(listen, backend netip.AddrPort, s Stats)) {
-	for _, p := range r.l.members {
+	r.l.mu.Lock()
+	members := r.l.members // replaced, never edited in place, by Add and Remove
+	r.l.mu.Unlock()
+	for _, p := range members {
 		p.EachMapping(fn)
 	}
 }
