@@ -2,10 +2,7 @@ package tcp
 
 import (
 	"fmt"
-	"net"
 	"os"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/hostproxy/hostproxy/sockopt"
 )
@@ -28,15 +25,4 @@ func inspectListener(f *os.File) (sockopt.Info, error) {
 		return info, fmt.Errorf("tcp proxy on %s: want a listening tcp socket, got a %s (listening: %t)", f.Name(), info, info.Listening)
 	}
 	return info, nil
-}
-
-// stopListening shuts the listening socket down for reading. On Linux this
-// stops the socket listening and resets the connections in its accept queue,
-// whoever else holds a descriptor for it.
-func stopListening(ln *net.TCPListener) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RD) })
 }

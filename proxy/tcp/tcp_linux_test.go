@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,20 +190,14 @@ func TestSocketOptions(t *testing.T) {
 	b := accepted(t, conns)
 	roundTripVia(t, c, b)
 
-	var r *relay
-	p.mu.Lock()
-	for x := range p.relays {
-		r = x
+	// The proxy's own sockets: the one whose peer is the client, and the
+	// one whose peer is the backend, connected from b's peer address.
+	socks := map[string]int{
+		"client":  proxySocket(t, addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())),
+		"backend": proxySocket(t, addrPort(b.LocalAddr()), addrPort(b.RemoteAddr())),
 	}
-	p.mu.Unlock()
-	if r == nil {
-		t.Fatal("no relay registered")
-	}
-	for name, conn := range map[string]*net.TCPConn{"client": r.client, "backend": r.backend} {
-		rc, err := conn.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
+	_ = p
+	for name, fd := range socks {
 		for _, opt := range []struct {
 			name       string
 			level, opt int
@@ -216,7 +211,7 @@ func TestSocketOptions(t *testing.T) {
 		} {
 			var got int
 			var gerr error
-			rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), opt.level, opt.opt) })
+			got, gerr = unix.GetsockoptInt(fd, opt.level, opt.opt)
 			if gerr != nil {
 				t.Errorf("%s: getsockopt %s: %v", name, opt.name, gerr)
 			} else if got != opt.want {
@@ -224,6 +219,45 @@ func TestSocketOptions(t *testing.T) {
 			}
 		}
 	}
+}
+
+// proxySocket finds the descriptor of this process whose socket has peer as
+// its peer and local as its own address: one of the proxy's.
+func proxySocket(t testing.TB, peer, local netip.AddrPort) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			continue
+		}
+		la, err := unix.Getsockname(fd)
+		if err != nil {
+			continue
+		}
+		if sockaddrAddrPort(sa) == peer && sockaddrAddrPort(la) == local {
+			return fd
+		}
+	}
+	t.Fatalf("no socket with peer %s and address %s", peer, local)
+	return -1
+}
+
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
 }
 
 // lineReader delivers a child's stdout lines on a channel.
@@ -639,8 +673,8 @@ func TestRangeSharedSocket(t *testing.T) {
 	}
 	// Nothing waiting: accept says so at once, as when the other holder
 	// took the connection.
-	if c, err := p.poll.accept(&p.ports[0]); err != errNoneWaiting {
-		t.Fatalf("accept with no connection waiting = %v, %v; want errNoneWaiting", c, err)
+	if fd, errno := accept4(p.ports[0].fd); errno != unix.EAGAIN {
+		t.Fatalf("accept with no connection waiting = %d, %v; want EAGAIN", fd, errno)
 	}
 	serve(t, p)
 
@@ -683,4 +717,24 @@ func TestRangeSharedSocket(t *testing.T) {
 	// The range still serves both sockets.
 	greet(t, dial(t, addrs[0]), "backend 0:")
 	greet(t, dial(t, addrs[1]), "backend 1:")
+}
+
+// TestRangeOneGoroutine checks that a range costs one goroutine per event
+// loop however many sockets it has, not one per socket.
+func TestRangeOneGoroutine(t *testing.T) {
+	const n = 50
+	p, addrs, _ := startRange(t, n, Config{})
+	c := dial(t, addrs[n-1])
+	greet(t, c, fmt.Sprintf("backend %d:", n-1))
+	c.Close()
+	waitUntil(t, "the relay to end", func() bool { return relayCount(p) == 0 })
+
+	// Earlier tests' proxies have all returned from Serve, so every
+	// accepting goroutine in the process is this range's.
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	want := min(runtime.GOMAXPROCS(0), maxLoops)
+	if loops := strings.Count(stacks, "tcp.(*loop).run("); loops != want {
+		t.Fatalf("a %d-socket range runs %d event loops, want %d (one per P)", n, loops, want)
+	}
 }
