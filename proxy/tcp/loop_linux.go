@@ -1,10 +1,12 @@
 package tcp
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -86,6 +88,16 @@ type loop struct {
 	wakefd int // eventfd: Close and Shutdown wake the loop with it
 	events [maxEvents]unix.EpollEvent
 
+	// The epoll descriptor sits in Go's netpoller (it is readable while
+	// any socket in it has events), so a loop with nothing to do parks its
+	// goroutine, not a thread in epoll_wait: no blocking system call, so
+	// no hand-off of the P and no extra thread to wake.
+	epf     *os.File
+	rc      syscall.RawConn
+	pollFn  func(fd uintptr) bool // l.poll, bound once
+	pollErr error
+	armed   int64 // the epoll file's read deadline, in loop time; -1 for none
+
 	chunks []*connChunk
 	free   []int32 // indexes of unused records
 	live   int     // connections open
@@ -120,12 +132,23 @@ func newLoop(p *Proxy, id int) (*loop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &loop{p: p, id: id, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now()}
+	l := &loop{p: p, id: id, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Pad: evWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		l.close()
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		l.close()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	// A non-blocking descriptor goes into Go's netpoller.
+	l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
+	if l.rc, err = l.epf.SyscallConn(); err != nil {
+		l.close()
+		return nil, err
+	}
+	l.pollFn = l.poll
 	if err := l.watchListeners(); err != nil {
 		l.close()
 		return nil, err
@@ -171,7 +194,11 @@ func (l *loop) unwatchListeners() {
 
 // close releases the loop's descriptors once it has ended (or never ran).
 func (l *loop) close() {
-	unix.Close(l.epfd)
+	if l.epf != nil {
+		l.epf.Close()
+	} else {
+		unix.Close(l.epfd)
+	}
 	unix.Close(l.wakefd)
 	for _, pp := range l.pipes {
 		closePipe(pp)
@@ -200,44 +227,94 @@ func (l *loop) run() {
 		if p.stopping.Load() && l.live == 0 {
 			return
 		}
-		n, err := unix.EpollWait(l.epfd, l.events[:], l.timeout())
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
+		l.arm()
+		l.pollErr = nil
+		err := l.rc.Read(l.pollFn)
+		if err == nil {
+			err = l.pollErr
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), err))
+		}
+		l.timers()
+	}
+}
+
+// poll is the RawConn.Read callback, where the loop does its work: it takes
+// the ready events without blocking and handles them, and asks the
+// netpoller to park it when there are none. It reports true when run must
+// look at the proxy's state (closing, stopping) or epoll_wait failed.
+//
+// The first call of a Read always looks (Read forgets readiness reported
+// before it began). After handling events, poll lets the loop park without
+// another epoll_wait when every event it took was edge-triggered and it
+// took fewer than it could: each new event then reaches the netpoller,
+// which wakes the park or keeps it from starting. Level-triggered ones
+// (listening sockets, the wake eventfd) may still be ready without a new
+// event, so after those it looks again first.
+func (l *loop) poll(fd uintptr) bool {
+	p := l.p
+	for {
+		n, err := unix.EpollWait(int(fd), l.events[:], 0)
+		if err == unix.EINTR {
 			continue
 		}
+		if err != nil {
+			l.pollErr = err
+			return true
+		}
+		if n == 0 {
+			return false
+		}
+		again := n == len(l.events)
 		for i := range n {
 			ev := &l.events[i]
 			switch kind := ev.Pad & 3; kind {
 			case evWake:
 				var b [8]byte
 				unix.Read(l.wakefd, b[:])
+				again = true
 			case evListener:
 				l.accept(int(ev.Fd))
+				again = true
 			default:
 				if c := l.lookup(ev.Fd, uint32(ev.Pad)>>2); c != nil {
 					l.handle(c, ev.Fd, int(kind), ev.Events)
 				}
 			}
 		}
-		if l.dialHead >= 0 || l.paused {
-			now := l.now()
-			l.expireDials(now)
-			if l.paused && now >= l.resumeAt {
-				l.paused = false
-				if err := l.watchListeners(); err != nil {
-					p.fail(fmt.Errorf("tcp proxy: resume accepting: %w", err))
-				}
-			}
+		l.timers()
+		if p.closing.Load() || (p.stopping.Load() && l.live == 0) {
+			return true
+		}
+		l.arm()
+		if !again {
+			return false
 		}
 	}
 }
 
-// timeout is epoll_wait's: until the first dial deadline or the end of an
-// accept pause, in milliseconds rounded up; -1 when there is neither.
-func (l *loop) timeout() int {
+// timers fails the dials past their deadline and ends an accept pause
+// that is over.
+func (l *loop) timers() {
+	if l.dialHead < 0 && !l.paused {
+		return
+	}
+	now := l.now()
+	l.expireDials(now)
+	if l.paused && now >= l.resumeAt {
+		l.paused = false
+		if err := l.watchListeners(); err != nil {
+			l.p.fail(fmt.Errorf("tcp proxy: resume accepting: %w", err))
+		}
+	}
+}
+
+// arm sets the epoll file's read deadline to the first dial deadline or
+// the end of an accept pause, whichever comes first, or clears it. An
+// earlier deadline than needed is left alone: it only costs a wake-up that
+// re-arms.
+func (l *loop) arm() {
 	until := int64(-1)
 	if l.dialHead >= 0 {
 		until = l.conn(l.dialHead).deadline
@@ -245,14 +322,15 @@ func (l *loop) timeout() int {
 	if l.paused && (until < 0 || l.resumeAt < until) {
 		until = l.resumeAt
 	}
+	if until == l.armed || (l.armed >= 0 && until > l.armed && l.armed > l.now()) {
+		return
+	}
+	l.armed = until
 	if until < 0 {
-		return -1
+		l.epf.SetReadDeadline(time.Time{})
+	} else {
+		l.epf.SetReadDeadline(l.start.Add(time.Duration(until)))
 	}
-	d := until - l.now()
-	if d <= 0 {
-		return 0
-	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }
 
 func (l *loop) conn(i int32) *conn { return &l.chunks[i/chunkConns][i%chunkConns] }
