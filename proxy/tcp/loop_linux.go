@@ -48,6 +48,7 @@ const (
 	fWritable             // may take bytes: write until EAGAIN, then wait for EPOLLOUT
 	fEOF                  // FIN received from this side
 	fShut                 // FIN sent to this side (shutdown(SHUT_WR), or the close to come)
+	fHup                  // EPOLLRDHUP (or worse) seen: a FIN is queued behind the bytes
 )
 
 // Sides of a connection, and directions: direction d carries the bytes
@@ -58,7 +59,10 @@ const (
 )
 
 // pipePair is a pipe that carries one direction's bytes in flight.
-type pipePair struct{ r, w int32 }
+type pipePair struct {
+	r, w  int32
+	slots int32 // buffers the pipe holds (its size in pages)
+}
 
 // conn is the record of one relayed connection, owned by its loop.
 type conn struct {
@@ -564,6 +568,9 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.flags[side] |= fReadable
 	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.flags[side] |= fHup
+	}
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.flags[side] |= fWritable
 	}
@@ -668,6 +675,15 @@ func (l *loop) move(c *conn, d int) bool {
 			c.flags[src] |= fEOF
 		default:
 			c.inPipe[d] = uint32(n)
+			// A non-blocking splice from a TCP socket into an empty pipe
+			// stops when the receive queue is empty or the pipe is full,
+			// and every pipe buffer holds at least a byte: fewer bytes
+			// than buffers means the queue was empty. Bytes or a FIN that
+			// come later are a new edge; a FIN already seen is read to
+			// the end.
+			if n < int(c.pipe[d].slots) && c.flags[src]&fHup == 0 {
+				c.flags[src] &^= fReadable
+			}
 		}
 	}
 }
@@ -694,8 +710,11 @@ func (l *loop) getPipe() (pipePair, bool) {
 		return pipePair{}, false
 	}
 	// Best effort: a bigger pipe moves a bulk transfer in fewer calls.
-	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
-	return pipePair{r: int32(fds[0]), w: int32(fds[1])}, true
+	size, err := unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
+	if err != nil {
+		size = 16 * os.Getpagesize() // Linux's default
+	}
+	return pipePair{r: int32(fds[0]), w: int32(fds[1]), slots: int32(size / os.Getpagesize())}, true
 }
 
 // putPipe returns direction d's pipe, which must be empty, to the pool.
