@@ -61,7 +61,7 @@ const (
 // pipePair is a pipe that carries one direction's bytes in flight.
 type pipePair struct {
 	r, w  int32
-	slots int32 // buffers the pipe holds (its size in pages)
+	slots int32 // buffers the pipe holds (its size in pages); 0: no pipe
 }
 
 // conn is the record of one relayed connection, owned by its loop.
@@ -658,7 +658,7 @@ func (l *loop) move(c *conn, d int) bool {
 			l.putPipe(c, d)
 			return true
 		}
-		if c.pipe[d].r == 0 {
+		if c.pipe[d].slots == 0 {
 			pp, ok := l.getPipe()
 			if !ok {
 				return false
@@ -720,7 +720,7 @@ func (l *loop) getPipe() (pipePair, bool) {
 // putPipe returns direction d's pipe, which must be empty, to the pool.
 func (l *loop) putPipe(c *conn, d int) {
 	pp := c.pipe[d]
-	if pp.r == 0 {
+	if pp.slots == 0 {
 		return
 	}
 	c.pipe[d] = pipePair{}
@@ -742,7 +742,7 @@ func (l *loop) dropPipes(c *conn) {
 	for d := range 2 {
 		if c.inPipe[d] == 0 {
 			l.putPipe(c, d)
-		} else if c.pipe[d].r != 0 {
+		} else if c.pipe[d].slots != 0 {
 			closePipe(c.pipe[d])
 			c.pipe[d] = pipePair{}
 		}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -153,6 +154,32 @@ func TestIPv6ListenerIPv4Backend(t *testing.T) {
 	}
 	c := dial(t, addr)
 	roundTrip(t, c, "v6 to v4")
+}
+
+// TestMappedBackend: an IPv4-mapped backend address is dialed as IPv4,
+// from an IPv4 listener and from an IPv6 one.
+func TestMappedBackend(t *testing.T) {
+	_, be := newBackend(t, echo) // 127.0.0.1
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(be.Addr().As16()), be.Port())
+	if !mapped.Addr().Is4In6() {
+		t.Fatalf("%s is not IPv4-mapped", mapped)
+	}
+	for _, listen := range []string{"127.0.0.1:0", "[::1]:0"} {
+		f, err := sockopt.Listen(sockopt.TCP, netip.MustParseAddrPort(listen), sockopt.Options{})
+		testenv.Require(t, err == nil, fmt.Sprintf("needs %s (%v)", listen, err))
+		defer f.Close()
+		p, err := New(f, Config{Backend: mapped})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		serve(t, p)
+		roundTrip(t, dial(t, addrPort(p.Addr())), "mapped from "+listen)
+		p.EachMapping(func(_, b netip.AddrPort, _ *proxy.StreamCounters) {
+			if b != be {
+				t.Errorf("mapping's backend %s, want %s", b, be)
+			}
+		})
+	}
 }
 
 // TestBlackHoleBackend: the backend socket drops every SYN, so only the dial
@@ -736,5 +763,56 @@ func TestRangeOneGoroutine(t *testing.T) {
 	want := min(runtime.GOMAXPROCS(0), maxLoops)
 	if loops := strings.Count(stacks, "tcp.(*loop).run("); loops != want {
 		t.Fatalf("a %d-socket range runs %d event loops, want %d (one per P)", n, loops, want)
+	}
+}
+
+// TestCounters checks the per-mapping counters (proxy.StreamStats): a clean
+// connection, a reset one, a refused dial, each on its own mapping.
+func TestCounters(t *testing.T) {
+	be, conns := newHandOver(t)
+	files, addrs := listenFiles(t, 2)
+	refused := refusedAddr(t)
+	p, err := NewRange([]Mapping{{files[0], be}, {files[1], refused}}, Config{})
+	if err != nil {
+		t.Fatalf("NewRange: %v", err)
+	}
+	serve(t, p)
+	get := func(i int) proxy.StreamSnapshot {
+		var s []proxy.StreamSnapshot
+		p.EachMapping(func(_, _ netip.AddrPort, c *proxy.StreamCounters) { s = append(s, c.Snapshot()) })
+		return s[i]
+	}
+
+	c := dial(t, addrs[0])
+	b := accepted(t, conns)
+	io.WriteString(c, "12345")
+	io.ReadFull(b, make([]byte, 5))
+	io.WriteString(b, "123")
+	io.ReadFull(c, make([]byte, 3))
+	if s := get(0); s.Accepted != 1 || s.Active != 1 || s.BytesUp != 5 || s.BytesDown != 3 {
+		t.Errorf("open connection: %+v, want 1 accepted, 1 active, 5 bytes up, 3 down", s)
+	}
+	c.CloseWrite()
+	b.CloseWrite()
+	readAll(t, c)
+	waitUntil(t, "the clean close", func() bool { return get(0).Active == 0 })
+	if s := get(0); s.Resets != 0 {
+		t.Errorf("after a clean close: %+v, want no reset", s)
+	}
+
+	c = dial(t, addrs[0])
+	b = accepted(t, conns)
+	b.SetLinger(0)
+	b.Close()
+	wantReset(t, c)
+	waitUntil(t, "the reset", func() bool { return get(0).Active == 0 })
+	if s := get(0); s.Accepted != 2 || s.Resets != 1 {
+		t.Errorf("after a reset: %+v, want 2 accepted, 1 reset", s)
+	}
+
+	dialReset(t, addrs[1], time.Second)
+	waitUntil(t, "the failed dial", func() bool { return get(1).DialErrors == 1 })
+	if s := get(1); s.Accepted != 1 || s.Active != 0 {
+		t.Errorf("refused backend: %+v, want 1 accepted, 0 active", s)
 	}
 }
