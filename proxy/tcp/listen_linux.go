@@ -7,15 +7,9 @@ import (
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
-// checkListener fails unless f is a listening TCP socket. Go would take a
-// listening SCTP socket for TCP (both are SOCK_STREAM), so the protocol is
-// checked here.
-func checkListener(f *os.File) error {
-	_, err := inspectListener(f)
-	return err
-}
-
-// inspectListener is checkListener, returning what it found.
+// inspectListener fails unless f is a listening TCP socket, and returns
+// what it found. Go would take a listening SCTP socket for TCP (both are
+// SOCK_STREAM), so the protocol is checked here.
 func inspectListener(f *os.File) (sockopt.Info, error) {
 	info, err := sockopt.Inspect(f)
 	if err != nil {

@@ -82,12 +82,13 @@ type conn struct {
 type connChunk [chunkConns]conn
 
 // loop is one event loop: one goroutine, one epoll set with every
-// listening socket of the proxy (EPOLLEXCLUSIVE, so that the kernel wakes
-// one loop per new connection) and the sockets of the connections this
-// loop accepted.
+// listening socket of the proxy and the sockets of the connections this
+// loop accepted. Each loop takes one connection per readiness of a
+// listening socket; the loops wake alike for it (EPOLLEXCLUSIVE does not
+// reach through the netpoller's epoll set), and one that finds the
+// connection taken gets EAGAIN and goes back to waiting.
 type loop struct {
 	p      *Proxy
-	id     int
 	epfd   int
 	wakefd int // eventfd: Close and Shutdown wake the loop with it
 	events [maxEvents]unix.EpollEvent
@@ -126,7 +127,7 @@ type loop struct {
 	noPortStreak int64
 }
 
-func newLoop(p *Proxy, id int) (*loop, error) {
+func newLoop(p *Proxy) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -136,7 +137,7 @@ func newLoop(p *Proxy, id int) (*loop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &loop{p: p, id: id, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1}
+	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Pad: evWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		l.close()

@@ -327,8 +327,8 @@ func (p *Proxy) beginServe() ([]*loop, error) {
 	}
 	n := min(runtime.GOMAXPROCS(0), maxLoops)
 	loops := make([]*loop, 0, n)
-	for i := range n {
-		l, err := newLoop(p, i)
+	for range n {
+		l, err := newLoop(p)
 		if err != nil {
 			for _, l := range loops {
 				l.close()

@@ -789,6 +789,9 @@ func TestCounters(t *testing.T) {
 	io.ReadFull(b, make([]byte, 5))
 	io.WriteString(b, "123")
 	io.ReadFull(c, make([]byte, 3))
+	// The loop counts the bytes once the splice that wrote them returns,
+	// which may be after the peer read them.
+	waitUntil(t, "the bytes to be counted", func() bool { s := get(0); return s.BytesUp == 5 && s.BytesDown == 3 })
 	if s := get(0); s.Accepted != 1 || s.Active != 1 || s.BytesUp != 5 || s.BytesDown != 3 {
 		t.Errorf("open connection: %+v, want 1 accepted, 1 active, 5 bytes up, 3 down", s)
 	}
