@@ -30,11 +30,12 @@ const (
 )
 
 const (
-	chunkConns  = 256     // connection records allocated together
-	maxEvents   = 128     // events taken per epoll_wait
-	maxPipes    = 16      // idle pipes a loop keeps for later transfers
-	pipeSize    = 1 << 20 // F_SETPIPE_SZ of a new pipe (Go's splice uses the same)
-	spliceChunk = 1 << 20 // bytes asked of one splice
+	chunkConns  = 256      // connection records allocated together
+	maxEvents   = 128      // events taken per epoll_wait
+	maxPipes    = 16       // idle pipes a loop keeps for later transfers
+	pipeSize    = 1 << 20  // F_SETPIPE_SZ of a new pipe (Go's splice uses the same)
+	spliceChunk = 1 << 20  // bytes asked of one splice
+	copyBuf     = 64 << 10 // the loop's buffer when no pipe can be had
 
 	// connEvents is what each socket of a connection is registered for,
 	// once: edge-triggered, so that neither socket is ever modified and
@@ -77,6 +78,10 @@ type conn struct {
 	next     int32
 	deadline int64     // of the dial, in loop time
 	bytes    [2]uint64 // relayed in each direction
+	// spill holds, per direction, bytes copied through the loop's buffer
+	// that the other side did not take yet; only when no pipe could be
+	// had (EMFILE), so it is nil otherwise.
+	spill *[2][]byte
 }
 
 type connChunk [chunkConns]conn
@@ -113,6 +118,7 @@ type loop struct {
 	dialHead, dialTail int32
 
 	pipes []pipePair // idle, empty pipes
+	buf   []byte     // for copyOnce, made at its first use
 
 	start time.Time // loop time 0
 
@@ -611,7 +617,8 @@ func (l *loop) pump(c *conn, idx int32) {
 // ended reports whether direction d is over: the FIN read from side d was
 // passed on, with every byte before it.
 func (c *conn) ended(d int) bool {
-	return c.flags[d]&fEOF != 0 && c.inPipe[d] == 0 && c.flags[1-d]&fShut != 0
+	return c.flags[d]&fEOF != 0 && c.inPipe[d] == 0 && c.flags[1-d]&fShut != 0 &&
+		(c.spill == nil || len(c.spill[d]) == 0)
 }
 
 // move relays direction d of c until it would block: bytes from side d
@@ -633,12 +640,23 @@ func (l *loop) move(c *conn, d int) bool {
 				return false
 			}
 			c.inPipe[d] -= uint32(n)
-			c.bytes[d] += uint64(n)
-			if cs := l.p.ports[c.port].counters; d == sideClient {
-				cs.BytesUp.Add(uint64(n))
-			} else {
-				cs.BytesDown.Add(uint64(n))
+			l.count(c, d, n)
+			continue
+		}
+		if c.spill != nil && len(c.spill[d]) > 0 {
+			if c.flags[dst]&fWritable == 0 {
+				return true
 			}
+			n, err := unix.Write(int(c.fd[dst]), c.spill[d])
+			if err == unix.EAGAIN {
+				c.flags[dst] &^= fWritable
+				return true
+			}
+			if err != nil {
+				return false
+			}
+			c.spill[d] = c.spill[d][n:]
+			l.count(c, d, n)
 			continue
 		}
 		if c.flags[src]&fEOF != 0 {
@@ -662,7 +680,10 @@ func (l *loop) move(c *conn, d int) bool {
 		if c.pipe[d].slots == 0 {
 			pp, ok := l.getPipe()
 			if !ok {
-				return false
+				if !l.copyOnce(c, d) {
+					return false
+				}
+				continue
 			}
 			c.pipe[d] = pp
 		}
@@ -689,6 +710,59 @@ func (l *loop) move(c *conn, d int) bool {
 	}
 }
 
+// count adds n bytes relayed in direction d of c.
+func (l *loop) count(c *conn, d, n int) {
+	c.bytes[d] += uint64(n)
+	if cs := l.p.ports[c.port].counters; d == sideClient {
+		cs.BytesUp.Add(uint64(n))
+	} else {
+		cs.BytesDown.Add(uint64(n))
+	}
+}
+
+// copyOnce moves one read's worth of direction d through the loop's buffer,
+// for when no pipe can be had (EMFILE): what the other side does not take
+// at once waits in c.spill. It reports false when a socket failed.
+func (l *loop) copyOnce(c *conn, d int) bool {
+	src, dst := d, 1-d
+	if l.buf == nil {
+		l.buf = make([]byte, copyBuf)
+	}
+	n, err := unix.Read(int(c.fd[src]), l.buf)
+	switch {
+	case err == unix.EAGAIN:
+		c.flags[src] &^= fReadable
+		return true
+	case err != nil:
+		return false
+	case n == 0:
+		c.flags[src] |= fEOF
+		return true
+	}
+	// A short read from a TCP socket means its queue was empty.
+	if n < len(l.buf) && c.flags[src]&fHup == 0 {
+		c.flags[src] &^= fReadable
+	}
+	w := 0
+	if c.flags[dst]&fWritable != 0 {
+		w, err = unix.Write(int(c.fd[dst]), l.buf[:n])
+		if err == unix.EAGAIN {
+			w = 0
+			c.flags[dst] &^= fWritable
+		} else if err != nil {
+			return false
+		}
+		l.count(c, d, w)
+	}
+	if w < n {
+		if c.spill == nil {
+			c.spill = new([2][]byte)
+		}
+		c.spill[d] = append(c.spill[d][:0], l.buf[w:n]...)
+	}
+	return true
+}
+
 // splice moves up to n bytes from in to out without blocking.
 func splice(in, out int32, n int) (int, unix.Errno) {
 	for {
@@ -707,7 +781,7 @@ func (l *loop) getPipe() (pipePair, bool) {
 		return pp, true
 	}
 	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+	if err := pipe2(fds[:]); err != nil {
 		return pipePair{}, false
 	}
 	// Best effort: a bigger pipe moves a bulk transfer in fewer calls.
@@ -717,6 +791,9 @@ func (l *loop) getPipe() (pipePair, bool) {
 	}
 	return pipePair{r: int32(fds[0]), w: int32(fds[1]), slots: int32(size / os.Getpagesize())}, true
 }
+
+// pipe2 makes a non-blocking pipe; tests replace it to make it fail.
+var pipe2 = func(fds []int) error { return unix.Pipe2(fds, unix.O_NONBLOCK|unix.O_CLOEXEC) }
 
 // putPipe returns direction d's pipe, which must be empty, to the pool.
 func (l *loop) putPipe(c *conn, d int) {

@@ -2,10 +2,13 @@ package tcp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -818,4 +821,62 @@ func TestCounters(t *testing.T) {
 	if s := get(1); s.Accepted != 1 || s.Active != 0 {
 		t.Errorf("refused backend: %+v, want 1 accepted, 0 active", s)
 	}
+}
+
+// TestNoPipe: when no pipe can be made (EMFILE), the loops copy through
+// their buffer instead, keeping every byte, its order and the half-close.
+func TestNoPipe(t *testing.T) {
+	orig := pipe2
+	t.Cleanup(func() { pipe2 = orig }) // registered first: runs after the proxies are closed
+	pipe2 = func([]int) error { return unix.EMFILE }
+
+	t.Run("half-close", func(t *testing.T) {
+		be, conns := newHandOver(t)
+		_, addr := startProxy(t, Config{Backend: be})
+		c := dial(t, addr)
+		io.WriteString(c, "request")
+		c.CloseWrite()
+		b := accepted(t, conns)
+		if got := readAll(t, b); got != "request" {
+			t.Fatalf("backend read %q, want %q then EOF", got, "request")
+		}
+		io.WriteString(b, "response")
+		b.CloseWrite()
+		if got := readAll(t, c); got != "response" {
+			t.Fatalf("client read %q, want %q then EOF", got, "response")
+		}
+	})
+	t.Run("bulk", func(t *testing.T) {
+		const size = 16 << 20
+		_, be := newBackend(t, echo)
+		p, addr := startProxy(t, Config{Backend: be})
+		c := dial(t, addr)
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		sent := sha256.New()
+		errc := make(chan error, 1)
+		go func() {
+			src := rand.NewChaCha8([32]byte{4, 5, 6})
+			_, err := io.Copy(io.MultiWriter(c, sent), io.LimitReader(src, size))
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			errc <- err
+		}()
+		got := sha256.New()
+		n, err := io.Copy(got, c)
+		if err != nil {
+			t.Fatalf("read after %d bytes: %v", n, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if n != size || !bytes.Equal(got.Sum(nil), sent.Sum(nil)) {
+			t.Fatalf("read %d bytes, want %d with the same SHA-256", n, size)
+		}
+		var s proxy.StreamSnapshot
+		p.EachMapping(func(_, _ netip.AddrPort, c *proxy.StreamCounters) { s = c.Snapshot() })
+		if s.BytesUp != size || s.BytesDown != size {
+			t.Errorf("counted %d bytes up and %d down, want %d each", s.BytesUp, s.BytesDown, size)
+		}
+	})
 }
