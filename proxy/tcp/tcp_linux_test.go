@@ -817,7 +817,7 @@ func TestCounters(t *testing.T) {
 	}
 
 	dialReset(t, addrs[1], time.Second)
-	waitUntil(t, "the failed dial", func() bool { return get(1).DialErrors == 1 })
+	waitUntil(t, "the failed dial", func() bool { s := get(1); return s.DialErrors == 1 && s.Active == 0 })
 	if s := get(1); s.Accepted != 1 || s.Active != 0 {
 		t.Errorf("refused backend: %+v, want 1 accepted, 0 active", s)
 	}
