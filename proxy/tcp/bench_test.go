@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -119,7 +120,8 @@ func BenchmarkBulkRatio(b *testing.B) {
 // BenchmarkConnect opens a connection, exchanges one byte with an echo
 // backend and closes it: directly, through the proxy, and through the first
 // socket of a range (NewRange). The difference in allocs/op and B/op is what
-// the proxy costs per connection.
+// the proxy costs per connection; so is the difference in cpu-ns/op, the
+// process's CPU time per connection.
 func BenchmarkConnect(b *testing.B) {
 	run := func(b *testing.B, via string) {
 		_, dst := newBackend(b, echo)
@@ -139,6 +141,7 @@ func BenchmarkConnect(b *testing.B) {
 		var one [1]byte
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu0 := cpuTime(b)
 		for range b.N {
 			c, err := net.DialTCP("tcp", nil, addr)
 			if err != nil {
@@ -152,8 +155,49 @@ func BenchmarkConnect(b *testing.B) {
 			}
 			c.Close()
 		}
+		b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 	for _, via := range []string{"direct", "proxy", "range"} {
 		b.Run(via, func(b *testing.B) { run(b, via) })
 	}
+}
+
+// BenchmarkRoundTrip sends 64 bytes and reads the echo back on one open
+// connection, directly and through the proxy: the cost of a small
+// request/response is the difference. cpu-ns/op is the process's CPU time
+// (user and system, client and backend included) per round trip, steadier
+// than the wall time on a shared machine.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, via := range []string{"direct", "proxy"} {
+		b.Run(via, func(b *testing.B) {
+			_, dst := newBackend(b, echo)
+			if via == "proxy" {
+				_, dst = startProxy(b, Config{Backend: dst})
+			}
+			c := dial(b, dst)
+			c.SetDeadline(time.Now().Add(time.Minute))
+			msg := make([]byte, 64)
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0 := cpuTime(b)
+			for range b.N {
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// cpuTime is the CPU time the process has used, user and system.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

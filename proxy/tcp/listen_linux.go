@@ -2,23 +2,14 @@ package tcp
 
 import (
 	"fmt"
-	"net"
 	"os"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
-// checkListener fails unless f is a listening TCP socket. Go would take a
-// listening SCTP socket for TCP (both are SOCK_STREAM), so the protocol is
-// checked here.
-func checkListener(f *os.File) error {
-	_, err := inspectListener(f)
-	return err
-}
-
-// inspectListener is checkListener, returning what it found.
+// inspectListener fails unless f is a listening TCP socket, and returns
+// what it found. Go would take a listening SCTP socket for TCP (both are
+// SOCK_STREAM), so the protocol is checked here.
 func inspectListener(f *os.File) (sockopt.Info, error) {
 	info, err := sockopt.Inspect(f)
 	if err != nil {
@@ -28,15 +19,4 @@ func inspectListener(f *os.File) (sockopt.Info, error) {
 		return info, fmt.Errorf("tcp proxy on %s: want a listening tcp socket, got a %s (listening: %t)", f.Name(), info, info.Listening)
 	}
 	return info, nil
-}
-
-// stopListening shuts the listening socket down for reading. On Linux this
-// stops the socket listening and resets the connections in its accept queue,
-// whoever else holds a descriptor for it.
-func stopListening(ln *net.TCPListener) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RD) })
 }

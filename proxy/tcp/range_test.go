@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -100,26 +98,6 @@ func TestRangeRelaysEachPort(t *testing.T) {
 	}
 	// And again on one port, while the others stay open.
 	greet(t, dial(t, addrs[3]), "backend 3:")
-}
-
-// TestRangeOneGoroutine checks that a range costs one goroutine however
-// many sockets it has, not one per socket.
-func TestRangeOneGoroutine(t *testing.T) {
-	const n = 50
-	p, addrs, _ := startRange(t, n, Config{})
-	c := dial(t, addrs[n-1])
-	greet(t, c, fmt.Sprintf("backend %d:", n-1))
-	c.Close()
-	waitUntil(t, "the relay to end", func() bool { return relayCount(p) == 0 })
-
-	// Earlier tests' proxies have all returned from Serve, so every
-	// accepting goroutine in the process is this range's.
-	buf := make([]byte, 1<<20)
-	stacks := string(buf[:runtime.Stack(buf, true)])
-	loops, ranges := strings.Count(stacks, "tcp.(*Proxy).acceptLoop("), strings.Count(stacks, "tcp.(*Proxy).acceptRange(")
-	if loops != 0 || ranges != 1 {
-		t.Fatalf("a %d-socket range runs %d acceptRange and %d acceptLoop goroutines, want 1 and 0", n, ranges, loops)
-	}
 }
 
 func TestRangeClose(t *testing.T) {

@@ -2,14 +2,18 @@ package tcp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +26,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -154,6 +159,32 @@ func TestIPv6ListenerIPv4Backend(t *testing.T) {
 	roundTrip(t, c, "v6 to v4")
 }
 
+// TestMappedBackend: an IPv4-mapped backend address is dialed as IPv4,
+// from an IPv4 listener and from an IPv6 one.
+func TestMappedBackend(t *testing.T) {
+	_, be := newBackend(t, echo) // 127.0.0.1
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(be.Addr().As16()), be.Port())
+	if !mapped.Addr().Is4In6() {
+		t.Fatalf("%s is not IPv4-mapped", mapped)
+	}
+	for _, listen := range []string{"127.0.0.1:0", "[::1]:0"} {
+		f, err := sockopt.Listen(sockopt.TCP, netip.MustParseAddrPort(listen), sockopt.Options{})
+		testenv.Require(t, err == nil, fmt.Sprintf("needs %s (%v)", listen, err))
+		defer f.Close()
+		p, err := New(f, Config{Backend: mapped})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		serve(t, p)
+		roundTrip(t, dial(t, addrPort(p.Addr())), "mapped from "+listen)
+		p.EachMapping(func(_, b netip.AddrPort, _ *proxy.StreamCounters) {
+			if b != be {
+				t.Errorf("mapping's backend %s, want %s", b, be)
+			}
+		})
+	}
+}
+
 // TestBlackHoleBackend: the backend socket drops every SYN, so only the dial
 // timeout ends the dial.
 func TestBlackHoleBackend(t *testing.T) {
@@ -189,20 +220,14 @@ func TestSocketOptions(t *testing.T) {
 	b := accepted(t, conns)
 	roundTripVia(t, c, b)
 
-	var r *relay
-	p.mu.Lock()
-	for x := range p.relays {
-		r = x
+	// The proxy's own sockets: the one whose peer is the client, and the
+	// one whose peer is the backend, connected from b's peer address.
+	socks := map[string]int{
+		"client":  proxySocket(t, addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())),
+		"backend": proxySocket(t, addrPort(b.LocalAddr()), addrPort(b.RemoteAddr())),
 	}
-	p.mu.Unlock()
-	if r == nil {
-		t.Fatal("no relay registered")
-	}
-	for name, conn := range map[string]*net.TCPConn{"client": r.client, "backend": r.backend} {
-		rc, err := conn.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
+	_ = p
+	for name, fd := range socks {
 		for _, opt := range []struct {
 			name       string
 			level, opt int
@@ -216,7 +241,7 @@ func TestSocketOptions(t *testing.T) {
 		} {
 			var got int
 			var gerr error
-			rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), opt.level, opt.opt) })
+			got, gerr = unix.GetsockoptInt(fd, opt.level, opt.opt)
 			if gerr != nil {
 				t.Errorf("%s: getsockopt %s: %v", name, opt.name, gerr)
 			} else if got != opt.want {
@@ -224,6 +249,45 @@ func TestSocketOptions(t *testing.T) {
 			}
 		}
 	}
+}
+
+// proxySocket finds the descriptor of this process whose socket has peer as
+// its peer and local as its own address: one of the proxy's.
+func proxySocket(t testing.TB, peer, local netip.AddrPort) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			continue
+		}
+		la, err := unix.Getsockname(fd)
+		if err != nil {
+			continue
+		}
+		if sockaddrAddrPort(sa) == peer && sockaddrAddrPort(la) == local {
+			return fd
+		}
+	}
+	t.Fatalf("no socket with peer %s and address %s", peer, local)
+	return -1
+}
+
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
 }
 
 // lineReader delivers a child's stdout lines on a channel.
@@ -639,8 +703,8 @@ func TestRangeSharedSocket(t *testing.T) {
 	}
 	// Nothing waiting: accept says so at once, as when the other holder
 	// took the connection.
-	if c, err := p.poll.accept(&p.ports[0]); err != errNoneWaiting {
-		t.Fatalf("accept with no connection waiting = %v, %v; want errNoneWaiting", c, err)
+	if fd, errno := accept4(p.ports[0].fd); errno != unix.EAGAIN {
+		t.Fatalf("accept with no connection waiting = %d, %v; want EAGAIN", fd, errno)
 	}
 	serve(t, p)
 
@@ -683,4 +747,136 @@ func TestRangeSharedSocket(t *testing.T) {
 	// The range still serves both sockets.
 	greet(t, dial(t, addrs[0]), "backend 0:")
 	greet(t, dial(t, addrs[1]), "backend 1:")
+}
+
+// TestRangeOneGoroutine checks that a range costs one goroutine per event
+// loop however many sockets it has, not one per socket.
+func TestRangeOneGoroutine(t *testing.T) {
+	const n = 50
+	p, addrs, _ := startRange(t, n, Config{})
+	c := dial(t, addrs[n-1])
+	greet(t, c, fmt.Sprintf("backend %d:", n-1))
+	c.Close()
+	waitUntil(t, "the relay to end", func() bool { return relayCount(p) == 0 })
+
+	// Earlier tests' proxies have all returned from Serve, so every
+	// accepting goroutine in the process is this range's.
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	want := min(runtime.GOMAXPROCS(0), maxLoops)
+	if loops := strings.Count(stacks, "tcp.(*loop).run("); loops != want {
+		t.Fatalf("a %d-socket range runs %d event loops, want %d (one per P)", n, loops, want)
+	}
+}
+
+// TestCounters checks the per-mapping counters (proxy.StreamStats): a clean
+// connection, a reset one, a refused dial, each on its own mapping.
+func TestCounters(t *testing.T) {
+	be, conns := newHandOver(t)
+	files, addrs := listenFiles(t, 2)
+	refused := refusedAddr(t)
+	p, err := NewRange([]Mapping{{files[0], be}, {files[1], refused}}, Config{})
+	if err != nil {
+		t.Fatalf("NewRange: %v", err)
+	}
+	serve(t, p)
+	get := func(i int) proxy.StreamSnapshot {
+		var s []proxy.StreamSnapshot
+		p.EachMapping(func(_, _ netip.AddrPort, c *proxy.StreamCounters) { s = append(s, c.Snapshot()) })
+		return s[i]
+	}
+
+	c := dial(t, addrs[0])
+	b := accepted(t, conns)
+	io.WriteString(c, "12345")
+	io.ReadFull(b, make([]byte, 5))
+	io.WriteString(b, "123")
+	io.ReadFull(c, make([]byte, 3))
+	// The loop counts the bytes once the splice that wrote them returns,
+	// which may be after the peer read them.
+	waitUntil(t, "the bytes to be counted", func() bool { s := get(0); return s.BytesUp == 5 && s.BytesDown == 3 })
+	if s := get(0); s.Accepted != 1 || s.Active != 1 || s.BytesUp != 5 || s.BytesDown != 3 {
+		t.Errorf("open connection: %+v, want 1 accepted, 1 active, 5 bytes up, 3 down", s)
+	}
+	c.CloseWrite()
+	b.CloseWrite()
+	readAll(t, c)
+	waitUntil(t, "the clean close", func() bool { return get(0).Active == 0 })
+	if s := get(0); s.Resets != 0 {
+		t.Errorf("after a clean close: %+v, want no reset", s)
+	}
+
+	c = dial(t, addrs[0])
+	b = accepted(t, conns)
+	b.SetLinger(0)
+	b.Close()
+	wantReset(t, c)
+	waitUntil(t, "the reset", func() bool { return get(0).Active == 0 })
+	if s := get(0); s.Accepted != 2 || s.Resets != 1 {
+		t.Errorf("after a reset: %+v, want 2 accepted, 1 reset", s)
+	}
+
+	dialReset(t, addrs[1], time.Second)
+	waitUntil(t, "the failed dial", func() bool { s := get(1); return s.DialErrors == 1 && s.Active == 0 })
+	if s := get(1); s.Accepted != 1 || s.Active != 0 {
+		t.Errorf("refused backend: %+v, want 1 accepted, 0 active", s)
+	}
+}
+
+// TestNoPipe: when no pipe can be made (EMFILE), the loops copy through
+// their buffer instead, keeping every byte, its order and the half-close.
+func TestNoPipe(t *testing.T) {
+	orig := pipe2
+	t.Cleanup(func() { pipe2 = orig }) // registered first: runs after the proxies are closed
+	pipe2 = func([]int) error { return unix.EMFILE }
+
+	t.Run("half-close", func(t *testing.T) {
+		be, conns := newHandOver(t)
+		_, addr := startProxy(t, Config{Backend: be})
+		c := dial(t, addr)
+		io.WriteString(c, "request")
+		c.CloseWrite()
+		b := accepted(t, conns)
+		if got := readAll(t, b); got != "request" {
+			t.Fatalf("backend read %q, want %q then EOF", got, "request")
+		}
+		io.WriteString(b, "response")
+		b.CloseWrite()
+		if got := readAll(t, c); got != "response" {
+			t.Fatalf("client read %q, want %q then EOF", got, "response")
+		}
+	})
+	t.Run("bulk", func(t *testing.T) {
+		const size = 16 << 20
+		_, be := newBackend(t, echo)
+		p, addr := startProxy(t, Config{Backend: be})
+		c := dial(t, addr)
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		sent := sha256.New()
+		errc := make(chan error, 1)
+		go func() {
+			src := rand.NewChaCha8([32]byte{4, 5, 6})
+			_, err := io.Copy(io.MultiWriter(c, sent), io.LimitReader(src, size))
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			errc <- err
+		}()
+		got := sha256.New()
+		n, err := io.Copy(got, c)
+		if err != nil {
+			t.Fatalf("read after %d bytes: %v", n, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if n != size || !bytes.Equal(got.Sum(nil), sent.Sum(nil)) {
+			t.Fatalf("read %d bytes, want %d with the same SHA-256", n, size)
+		}
+		var s proxy.StreamSnapshot
+		p.EachMapping(func(_, _ netip.AddrPort, c *proxy.StreamCounters) { s = c.Snapshot() })
+		if s.BytesUp != size || s.BytesDown != size {
+			t.Errorf("counted %d bytes up and %d down, want %d each", s.BytesUp, s.BytesDown, size)
+		}
+	})
 }

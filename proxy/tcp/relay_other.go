@@ -1,11 +1,11 @@
+//go:build !linux
+
 package tcp
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -174,39 +174,4 @@ func (p *Proxy) dialSucceeded(pt *port) {
 	if n := p.dialFailures.reset(); n > 0 {
 		p.logFor(pt).Info("backend reachable again", logging.Int64("failed_dials", n))
 	}
-}
-
-// failureStreak counts consecutive failures, so that only the first of a
-// streak is logged above Debug.
-type failureStreak struct{ n atomic.Int64 }
-
-// fail records a failure and returns the streak's length.
-func (s *failureStreak) fail() int64 { return s.n.Add(1) }
-
-// reset ends the streak and returns how long it was.
-func (s *failureStreak) reset() int64 {
-	if s.n.Load() == 0 { // common case: no write, no cache-line bouncing
-		return 0
-	}
-	return s.n.Swap(0)
-}
-
-// retryable reports whether an accept error is transient: the listening
-// socket is fine and accepting again later may succeed (EMFILE, ENFILE,
-// ENOBUFS, ENOMEM, ECONNABORTED, EPERM from a firewall, a network error
-// pending on the new connection, ...). Only errors that mean the listening
-// socket itself is unusable are not.
-func retryable(err error) bool {
-	if errors.Is(err, net.ErrClosed) {
-		return false
-	}
-	var errno syscall.Errno
-	if !errors.As(err, &errno) {
-		return true // unknown: never end the loop by guessing
-	}
-	switch errno {
-	case syscall.EBADF, syscall.EINVAL, syscall.ENOTSOCK, syscall.EFAULT:
-		return false
-	}
-	return true
 }

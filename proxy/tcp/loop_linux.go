@@ -1,0 +1,959 @@
+package tcp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/sockopt"
+)
+
+// What an epoll event is about: the low two bits of EpollEvent.Pad. For a
+// connection's socket, Fd is the connection's index in its loop and the
+// rest of Pad its generation; for a listening socket, Fd is its index in
+// Proxy.ports.
+const (
+	evClient   = 0
+	evBackend  = 1
+	evListener = 2
+	evWake     = 3
+)
+
+const (
+	chunkConns  = 256      // connection records allocated together
+	maxEvents   = 128      // events taken per epoll_wait
+	maxPipes    = 16       // idle pipes a loop keeps for later transfers
+	pipeSize    = 1 << 20  // F_SETPIPE_SZ of a new pipe (Go's splice uses the same)
+	spliceChunk = 1 << 20  // bytes asked of one splice
+	copyBuf     = 64 << 10 // the loop's buffer when no pipe can be had
+
+	// connEvents is what each socket of a connection is registered for,
+	// once: edge-triggered, so that neither socket is ever modified and
+	// the loop keeps each side's readiness in its record.
+	connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+)
+
+// Side flags of a connection record.
+const (
+	fReadable = 1 << iota // may have bytes or a FIN to read: read until EAGAIN
+	fWritable             // may take bytes: write until EAGAIN, then wait for EPOLLOUT
+	fEOF                  // FIN received from this side
+	fShut                 // FIN sent to this side (shutdown(SHUT_WR), or the close to come)
+	fHup                  // EPOLLRDHUP (or worse) seen: a FIN is queued behind the bytes
+)
+
+// Sides of a connection, and directions: direction d carries the bytes
+// read from side d to side 1-d.
+const (
+	sideClient  = 0
+	sideBackend = 1
+)
+
+// pipePair is a pipe that carries one direction's bytes in flight.
+type pipePair struct {
+	r, w  int32
+	slots int32 // buffers the pipe holds (its size in pages); 0: no pipe
+}
+
+// conn is the record of one relayed connection, owned by its loop.
+type conn struct {
+	fd       [2]int32    // client and backend sockets; -1 when not open
+	pipe     [2]pipePair // pipe[d]: only while inPipe[d] > 0 or a splice is under way
+	inPipe   [2]uint32   // bytes read from side d, not yet written to the other
+	flags    [2]uint8
+	dialing  bool
+	port     uint32 // index in Proxy.ports
+	gen      uint32 // changes each time the record is reused
+	prev     int32  // in the loop's dial list, while dialing
+	next     int32
+	deadline int64     // of the dial, in loop time
+	bytes    [2]uint64 // relayed in each direction
+	// spill holds, per direction, bytes copied through the loop's buffer
+	// that the other side did not take yet; only when no pipe could be
+	// had (EMFILE), so it is nil otherwise.
+	spill *[2][]byte
+}
+
+type connChunk [chunkConns]conn
+
+// loop is one event loop: one goroutine, one epoll set with every
+// listening socket of the proxy and the sockets of the connections this
+// loop accepted. Each loop takes one connection per readiness of a
+// listening socket; the loops wake alike for it (EPOLLEXCLUSIVE does not
+// reach through the netpoller's epoll set), and one that finds the
+// connection taken gets EAGAIN and goes back to waiting.
+type loop struct {
+	p      *Proxy
+	epfd   int
+	wakefd int // eventfd: Close and Shutdown wake the loop with it
+	events [maxEvents]unix.EpollEvent
+
+	// The epoll descriptor sits in Go's netpoller (it is readable while
+	// any socket in it has events), so a loop with nothing to do parks its
+	// goroutine, not a thread in epoll_wait: no blocking system call, so
+	// no hand-off of the P and no extra thread to wake.
+	epf     *os.File
+	rc      syscall.RawConn
+	pollFn  func(fd uintptr) bool // l.poll, bound once
+	pollErr error
+	armed   int64 // the epoll file's read deadline, in loop time; -1 for none
+
+	chunks []*connChunk
+	free   []int32 // indexes of unused records
+	live   int     // connections open
+
+	// The dial list: dialing connections in the order of their deadlines
+	// (every dial gets the same timeout), linked through conn.prev and
+	// conn.next.
+	dialHead, dialTail int32
+
+	pipes []pipePair // idle, empty pipes
+	buf   []byte     // for copyOnce, made at its first use
+
+	start time.Time // loop time 0
+
+	// Accepting stops for a while after an accept error (EMFILE, ...) or a
+	// connect that found no source port: the listening sockets leave the
+	// epoll set until resumeAt.
+	paused       bool
+	resumeAt     int64
+	acceptOff    proxy.Backoff // after accept errors
+	noPortOff    proxy.Backoff // after EADDRNOTAVAIL
+	acceptFails  int64
+	noPortStreak int64
+}
+
+func newLoop(p *Proxy) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Pad: evWake}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		l.close()
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		l.close()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	// A non-blocking descriptor goes into Go's netpoller.
+	l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
+	if l.rc, err = l.epf.SyscallConn(); err != nil {
+		l.close()
+		return nil, err
+	}
+	l.pollFn = l.poll
+	if err := l.watchListeners(); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// watchListeners adds the listening sockets to the loop's epoll set.
+func (l *loop) watchListeners() error {
+	p := l.p
+	p.lnMu.RLock()
+	defer p.lnMu.RUnlock()
+	if p.lnClosed {
+		return nil
+	}
+	for i := range p.ports {
+		pt := &p.ports[i]
+		if pt.fd < 0 {
+			return fmt.Errorf("tcp proxy on %s: no descriptor for the listening socket", pt.listen)
+		}
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(i), Pad: evListener}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, pt.fd, &ev); err != nil {
+			return fmt.Errorf("epoll add %s: %w", pt.listen, err)
+		}
+	}
+	return nil
+}
+
+// unwatchListeners takes the listening sockets out of the epoll set.
+func (l *loop) unwatchListeners() {
+	p := l.p
+	p.lnMu.RLock()
+	defer p.lnMu.RUnlock()
+	if p.lnClosed {
+		return
+	}
+	for i := range p.ports {
+		if fd := p.ports[i].fd; fd >= 0 {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		}
+	}
+}
+
+// close releases the loop's descriptors once it has ended (or never ran).
+func (l *loop) close() {
+	if l.epf != nil {
+		l.epf.Close()
+	} else {
+		unix.Close(l.epfd)
+	}
+	unix.Close(l.wakefd)
+	for _, pp := range l.pipes {
+		closePipe(pp)
+	}
+	l.pipes = nil
+}
+
+var wakeOne = [8]byte{1} // a non-zero eventfd increment in either byte order
+
+// wake makes the loop look at the proxy's state. Proxy.mu must be held, so
+// that the loop's descriptors are still open.
+func (l *loop) wake() { unix.Write(l.wakefd, wakeOne[:]) }
+
+// now is the loop's clock, in nanoseconds.
+func (l *loop) now() int64 { return int64(time.Since(l.start)) }
+
+// run waits for events and handles them until the proxy closes, or stops
+// accepting and has no connection left in this loop.
+func (l *loop) run() {
+	p := l.p
+	for {
+		if p.closing.Load() {
+			l.resetAll()
+			return
+		}
+		if p.stopping.Load() && l.live == 0 {
+			return
+		}
+		l.arm()
+		l.pollErr = nil
+		err := l.rc.Read(l.pollFn)
+		if err == nil {
+			err = l.pollErr
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), err))
+		}
+		l.timers()
+	}
+}
+
+// poll is the RawConn.Read callback, where the loop does its work: it takes
+// the ready events without blocking and handles them, and asks the
+// netpoller to park it when there are none. It reports true when run must
+// look at the proxy's state (closing, stopping) or epoll_wait failed.
+//
+// The first call of a Read always looks (Read forgets readiness reported
+// before it began). After handling events, poll lets the loop park without
+// another epoll_wait when every event it took was edge-triggered and it
+// took fewer than it could: each new event then reaches the netpoller,
+// which wakes the park or keeps it from starting. Level-triggered ones
+// (listening sockets, the wake eventfd) may still be ready without a new
+// event, so after those it looks again first.
+func (l *loop) poll(fd uintptr) bool {
+	p := l.p
+	for {
+		n, err := unix.EpollWait(int(fd), l.events[:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			l.pollErr = err
+			return true
+		}
+		if n == 0 {
+			return false
+		}
+		again := n == len(l.events)
+		for i := range n {
+			ev := &l.events[i]
+			switch kind := ev.Pad & 3; kind {
+			case evWake:
+				var b [8]byte
+				unix.Read(l.wakefd, b[:])
+				again = true
+			case evListener:
+				l.accept(int(ev.Fd))
+				again = true
+			default:
+				if c := l.lookup(ev.Fd, uint32(ev.Pad)>>2); c != nil {
+					l.handle(c, ev.Fd, int(kind), ev.Events)
+				}
+			}
+		}
+		l.timers()
+		if p.closing.Load() || (p.stopping.Load() && l.live == 0) {
+			return true
+		}
+		l.arm()
+		if !again {
+			return false
+		}
+	}
+}
+
+// timers fails the dials past their deadline and ends an accept pause
+// that is over.
+func (l *loop) timers() {
+	if l.dialHead < 0 && !l.paused {
+		return
+	}
+	now := l.now()
+	l.expireDials(now)
+	if l.paused && now >= l.resumeAt {
+		l.paused = false
+		if err := l.watchListeners(); err != nil {
+			l.p.fail(fmt.Errorf("tcp proxy: resume accepting: %w", err))
+		}
+	}
+}
+
+// arm sets the epoll file's read deadline to the first dial deadline or
+// the end of an accept pause, whichever comes first, or clears it. An
+// earlier deadline than needed is left alone: it only costs a wake-up that
+// re-arms.
+func (l *loop) arm() {
+	until := int64(-1)
+	if l.dialHead >= 0 {
+		until = l.conn(l.dialHead).deadline
+	}
+	if l.paused && (until < 0 || l.resumeAt < until) {
+		until = l.resumeAt
+	}
+	if until == l.armed || (l.armed >= 0 && until > l.armed && l.armed > l.now()) {
+		return
+	}
+	l.armed = until
+	if until < 0 {
+		l.epf.SetReadDeadline(time.Time{})
+	} else {
+		l.epf.SetReadDeadline(l.start.Add(time.Duration(until)))
+	}
+}
+
+func (l *loop) conn(i int32) *conn { return &l.chunks[i/chunkConns][i%chunkConns] }
+
+// lookup returns the record an event is about, or nil when the record has
+// been closed (and perhaps reused) since the event was queued.
+func (l *loop) lookup(i int32, gen uint32) *conn {
+	if i < 0 || int(i) >= len(l.chunks)*chunkConns {
+		return nil
+	}
+	c := l.conn(i)
+	if c.gen&(1<<30-1) != gen || c.fd[sideClient] < 0 {
+		return nil
+	}
+	return c
+}
+
+// alloc returns an unused record and its index.
+func (l *loop) alloc() (*conn, int32) {
+	if len(l.free) == 0 {
+		base := int32(len(l.chunks) * chunkConns)
+		ch := new(connChunk)
+		l.chunks = append(l.chunks, ch)
+		for i := chunkConns - 1; i >= 0; i-- {
+			ch[i].fd = [2]int32{-1, -1}
+			l.free = append(l.free, base+int32(i))
+		}
+	}
+	i := l.free[len(l.free)-1]
+	l.free = l.free[:len(l.free)-1]
+	return l.conn(i), i
+}
+
+// release returns c's record, whose sockets are closed, to the free list.
+func (l *loop) release(c *conn, i int32) {
+	l.p.ports[c.port].counters.Active.Add(-1)
+	gen := c.gen + 1
+	*c = conn{fd: [2]int32{-1, -1}, gen: gen}
+	l.free = append(l.free, i)
+	l.live--
+}
+
+// accept takes one connection waiting on port i, if any, and starts its
+// relay.
+func (l *loop) accept(i int) {
+	p := l.p
+	pt := &p.ports[i]
+	p.lnMu.RLock()
+	if p.lnClosed {
+		p.lnMu.RUnlock()
+		return
+	}
+	fd, errno := accept4(pt.fd)
+	p.lnMu.RUnlock()
+	switch errno {
+	case 0:
+	case unix.EAGAIN: // another loop, or another holder of the socket, took it
+		return
+	default:
+		l.acceptFailed(pt, os.NewSyscallError("accept4", errno))
+		return
+	}
+	if l.acceptFails > 0 {
+		p.logFor(pt).Info("accepting again", logging.Int64("failed_accepts", l.acceptFails))
+		l.acceptFails = 0
+		l.acceptOff.Reset()
+	}
+	pt.counters.Accepted.Add(1)
+	pt.counters.Active.Add(1)
+	l.open(uint32(i), fd)
+}
+
+// accept4 accepts on the listening socket fd a non-blocking, close-on-exec
+// connection, asking for no peer address.
+func accept4(fd int) (int, unix.Errno) {
+	for {
+		nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+		switch errno {
+		case 0:
+			return int(nfd), 0
+		case unix.EINTR, unix.ECONNABORTED:
+			continue // as Go's accept does: the next one may be fine
+		}
+		return -1, errno
+	}
+}
+
+// acceptFailed handles a failed accept: a transient error pauses accepting
+// in this loop for a growing delay; any other ends serving.
+func (l *loop) acceptFailed(pt *port, err error) {
+	p := l.p
+	pt.counters.AcceptErrors.Add(1)
+	log := p.logFor(pt)
+	if !retryable(err) {
+		log.Error("accept failed; stopping", logging.Err(err))
+		p.fail(fmt.Errorf("accept tcp on %s: %w", pt.listen, err))
+		return
+	}
+	if l.acceptFails++; l.acceptFails == 1 {
+		log.Warn("accept failed; backing off and retrying", logging.Err(err))
+	} else if log.Enabled(zapcore.DebugLevel) {
+		log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", l.acceptFails))
+	}
+	l.pause(l.acceptOff.Next())
+}
+
+// pause stops accepting in this loop for d.
+func (l *loop) pause(d time.Duration) {
+	if !l.paused {
+		l.unwatchListeners()
+		l.paused = true
+	}
+	l.resumeAt = l.now() + int64(d)
+}
+
+// open starts the relay of the accepted connection fd on port i: a
+// non-blocking connect to the backend that the loop completes or times out.
+func (l *loop) open(i uint32, fd int) {
+	p := l.p
+	pt := &p.ports[i]
+	c, idx := l.alloc()
+	c.fd[sideClient], c.port = int32(fd), i
+	l.live++
+	if pt.backendErr != nil {
+		l.dialFailed(c, idx, pt.backendErr)
+		return
+	}
+	bfd, err := unix.Socket(pt.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", err)})
+		return
+	}
+	c.fd[sideBackend] = int32(bfd)
+	setBackendOptions(bfd, p.keepCnt)
+	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+	switch errno {
+	case 0, unix.EINPROGRESS:
+	case unix.EADDRNOTAVAIL:
+		l.noSourcePort(c, idx, errno)
+		return
+	default:
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("connect", errno)})
+		return
+	}
+	tag := int32(c.gen&(1<<30-1)) << 2
+	for side, fd := range c.fd {
+		ev := unix.EpollEvent{Events: connEvents, Fd: idx, Pad: tag | int32(side)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+			l.dialFailed(c, idx, os.NewSyscallError("epoll_ctl", err))
+			return
+		}
+	}
+	// Connected or not, the backend's first EPOLLOUT (or EPOLLERR) says
+	// how the connect ended.
+	c.dialing = true
+	c.deadline = l.now() + int64(p.dialTimeout)
+	c.prev, c.next = l.dialTail, -1
+	if l.dialTail >= 0 {
+		l.conn(l.dialTail).next = idx
+	} else {
+		l.dialHead = idx
+	}
+	l.dialTail = idx
+}
+
+// setBackendOptions gives a backend socket what the listening sockets give
+// accepted ones: keepalive on keepAlive's schedule and TCP_NODELAY.
+func setBackendOptions(fd int, keepCnt bool) {
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
+	if keepCnt {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+}
+
+// undial takes c off the dial list.
+func (l *loop) undial(c *conn) {
+	if !c.dialing {
+		return
+	}
+	c.dialing = false
+	if c.prev >= 0 {
+		l.conn(c.prev).next = c.next
+	} else {
+		l.dialHead = c.next
+	}
+	if c.next >= 0 {
+		l.conn(c.next).prev = c.prev
+	} else {
+		l.dialTail = c.prev
+	}
+}
+
+// expireDials fails the dials whose deadline has passed.
+func (l *loop) expireDials(now int64) {
+	for l.dialHead >= 0 {
+		idx := l.dialHead
+		c := l.conn(idx)
+		if c.deadline > now {
+			return
+		}
+		pt := &l.p.ports[c.port]
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.ErrDeadlineExceeded})
+	}
+}
+
+// handle takes the events of one socket of c, whose index is idx.
+func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
+	if c.dialing && side == sideBackend {
+		if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			pt := &l.p.ports[c.port]
+			errno, err := unix.GetsockoptInt(int(c.fd[sideBackend]), unix.SOL_SOCKET, unix.SO_ERROR)
+			if err == nil && errno == 0 {
+				errno = int(unix.ECONNREFUSED) // hung up without saying why
+			}
+			if unix.Errno(errno) == unix.EADDRNOTAVAIL {
+				l.noSourcePort(c, idx, unix.EADDRNOTAVAIL)
+				return
+			}
+			l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("connect", unix.Errno(errno))})
+			return
+		}
+		if events&unix.EPOLLOUT == 0 {
+			return // nothing about the connect yet
+		}
+		l.undial(c)
+		l.connected(c)
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.flags[side] |= fReadable
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.flags[side] |= fHup
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.flags[side] |= fWritable
+	}
+	if c.dialing {
+		if events&unix.EPOLLERR != 0 { // the client reset while the dial went on
+			l.reset(c, idx, false)
+		}
+		return
+	}
+	l.pump(c, idx)
+}
+
+// connected ends c's dial with success.
+func (l *loop) connected(c *conn) {
+	p := l.p
+	if n := p.dialFailures.reset(); n > 0 {
+		p.logFor(&p.ports[c.port]).Info("backend reachable again", logging.Int64("failed_dials", n))
+	}
+	l.noPortStreak = 0
+	l.noPortOff.Reset()
+}
+
+// pump moves what it can in both directions of c, whose index is idx, and
+// closes c when both have ended or one failed.
+func (l *loop) pump(c *conn, idx int32) {
+	for d := range 2 {
+		if !l.move(c, d) {
+			l.reset(c, idx, true)
+			return
+		}
+	}
+	if c.ended(sideClient) && c.ended(sideBackend) {
+		l.finish(c, idx)
+	}
+}
+
+// ended reports whether direction d is over: the FIN read from side d was
+// passed on, with every byte before it.
+func (c *conn) ended(d int) bool {
+	return c.flags[d]&fEOF != 0 && c.inPipe[d] == 0 && c.flags[1-d]&fShut != 0 &&
+		(c.spill == nil || len(c.spill[d]) == 0)
+}
+
+// move relays direction d of c until it would block: bytes from side d
+// through the direction's pipe to side 1-d, then the FIN. It reports false
+// when a socket failed, and c must be reset.
+func (l *loop) move(c *conn, d int) bool {
+	src, dst := d, 1-d
+	for {
+		if c.inPipe[d] > 0 {
+			if c.flags[dst]&fWritable == 0 {
+				return true // EPOLLOUT on dst resumes
+			}
+			n, errno := splice(c.pipe[d].r, c.fd[dst], int(c.inPipe[d]))
+			if errno == unix.EAGAIN {
+				c.flags[dst] &^= fWritable
+				return true
+			}
+			if errno != 0 {
+				return false
+			}
+			c.inPipe[d] -= uint32(n)
+			l.count(c, d, n)
+			continue
+		}
+		if c.spill != nil && len(c.spill[d]) > 0 {
+			if c.flags[dst]&fWritable == 0 {
+				return true
+			}
+			n, err := unix.Write(int(c.fd[dst]), c.spill[d])
+			if err == unix.EAGAIN {
+				c.flags[dst] &^= fWritable
+				return true
+			}
+			if err != nil {
+				return false
+			}
+			c.spill[d] = c.spill[d][n:]
+			l.count(c, d, n)
+			continue
+		}
+		if c.flags[src]&fEOF != 0 {
+			l.putPipe(c, d)
+			if c.flags[dst]&fShut == 0 {
+				c.flags[dst] |= fShut
+				// When the other direction is over too, the close to
+				// come sends this FIN.
+				if !c.ended(dst) {
+					if err := unix.Shutdown(int(c.fd[dst]), unix.SHUT_WR); err != nil {
+						return false
+					}
+				}
+			}
+			return true
+		}
+		if c.flags[src]&fReadable == 0 {
+			l.putPipe(c, d)
+			return true
+		}
+		if c.pipe[d].slots == 0 {
+			pp, ok := l.getPipe()
+			if !ok {
+				if !l.copyOnce(c, d) {
+					return false
+				}
+				continue
+			}
+			c.pipe[d] = pp
+		}
+		n, errno := splice(c.fd[src], c.pipe[d].w, spliceChunk)
+		switch {
+		case errno == unix.EAGAIN:
+			c.flags[src] &^= fReadable
+		case errno != 0:
+			return false
+		case n == 0:
+			c.flags[src] |= fEOF
+		default:
+			c.inPipe[d] = uint32(n)
+			// A non-blocking splice from a TCP socket into an empty pipe
+			// stops when the receive queue is empty or the pipe is full,
+			// and every pipe buffer holds at least a byte: fewer bytes
+			// than buffers means the queue was empty. Bytes or a FIN that
+			// come later are a new edge; a FIN already seen is read to
+			// the end.
+			if n < int(c.pipe[d].slots) && c.flags[src]&fHup == 0 {
+				c.flags[src] &^= fReadable
+			}
+		}
+	}
+}
+
+// count adds n bytes relayed in direction d of c.
+func (l *loop) count(c *conn, d, n int) {
+	c.bytes[d] += uint64(n)
+	if cs := l.p.ports[c.port].counters; d == sideClient {
+		cs.BytesUp.Add(uint64(n))
+	} else {
+		cs.BytesDown.Add(uint64(n))
+	}
+}
+
+// copyOnce moves one read's worth of direction d through the loop's buffer,
+// for when no pipe can be had (EMFILE): what the other side does not take
+// at once waits in c.spill. It reports false when a socket failed.
+func (l *loop) copyOnce(c *conn, d int) bool {
+	src, dst := d, 1-d
+	if l.buf == nil {
+		l.buf = make([]byte, copyBuf)
+	}
+	n, err := unix.Read(int(c.fd[src]), l.buf)
+	switch {
+	case err == unix.EAGAIN:
+		c.flags[src] &^= fReadable
+		return true
+	case err != nil:
+		return false
+	case n == 0:
+		c.flags[src] |= fEOF
+		return true
+	}
+	// A short read from a TCP socket means its queue was empty.
+	if n < len(l.buf) && c.flags[src]&fHup == 0 {
+		c.flags[src] &^= fReadable
+	}
+	w := 0
+	if c.flags[dst]&fWritable != 0 {
+		w, err = unix.Write(int(c.fd[dst]), l.buf[:n])
+		if err == unix.EAGAIN {
+			w = 0
+			c.flags[dst] &^= fWritable
+		} else if err != nil {
+			return false
+		}
+		l.count(c, d, w)
+	}
+	if w < n {
+		if c.spill == nil {
+			c.spill = new([2][]byte)
+		}
+		c.spill[d] = append(c.spill[d][:0], l.buf[w:n]...)
+	}
+	return true
+}
+
+// splice moves up to n bytes from in to out without blocking.
+func splice(in, out int32, n int) (int, unix.Errno) {
+	for {
+		r, _, errno := unix.Syscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if errno != unix.EINTR {
+			return int(r), errno
+		}
+	}
+}
+
+// getPipe returns an empty pipe from the pool, or a new one.
+func (l *loop) getPipe() (pipePair, bool) {
+	if k := len(l.pipes); k > 0 {
+		pp := l.pipes[k-1]
+		l.pipes = l.pipes[:k-1]
+		return pp, true
+	}
+	var fds [2]int
+	if err := pipe2(fds[:]); err != nil {
+		return pipePair{}, false
+	}
+	// Best effort: a bigger pipe moves a bulk transfer in fewer calls.
+	size, err := unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
+	if err != nil {
+		size = 16 * os.Getpagesize() // Linux's default
+	}
+	return pipePair{r: int32(fds[0]), w: int32(fds[1]), slots: int32(size / os.Getpagesize())}, true
+}
+
+// pipe2 makes a non-blocking pipe; tests replace it to make it fail.
+var pipe2 = func(fds []int) error { return unix.Pipe2(fds, unix.O_NONBLOCK|unix.O_CLOEXEC) }
+
+// putPipe returns direction d's pipe, which must be empty, to the pool.
+func (l *loop) putPipe(c *conn, d int) {
+	pp := c.pipe[d]
+	if pp.slots == 0 {
+		return
+	}
+	c.pipe[d] = pipePair{}
+	if len(l.pipes) < maxPipes {
+		l.pipes = append(l.pipes, pp)
+		return
+	}
+	closePipe(pp)
+}
+
+func closePipe(pp pipePair) {
+	unix.Close(int(pp.r))
+	unix.Close(int(pp.w))
+}
+
+// dropPipes releases c's pipes when c closes: empty ones to the pool, ones
+// with bytes still in them closed.
+func (l *loop) dropPipes(c *conn) {
+	for d := range 2 {
+		if c.inPipe[d] == 0 {
+			l.putPipe(c, d)
+		} else if c.pipe[d].slots != 0 {
+			closePipe(c.pipe[d])
+			c.pipe[d] = pipePair{}
+		}
+	}
+}
+
+// finish closes c after both directions ended cleanly. Closing the sockets
+// takes them out of the epoll set.
+func (l *loop) finish(c *conn, idx int32) {
+	l.logClosed(c, "close")
+	l.dropPipes(c)
+	unix.Close(int(c.fd[sideClient]))
+	unix.Close(int(c.fd[sideBackend]))
+	l.release(c, idx)
+}
+
+// reset closes both sockets of c with SO_LINGER 0, so that the kernel sends
+// RST instead of FIN and drops anything still queued.
+// logged says whether to log the end at Debug: not for a failed dial, which
+// has its own line.
+func (l *loop) reset(c *conn, idx int32, logged bool) {
+	l.undial(c)
+	l.p.ports[c.port].counters.Resets.Add(1)
+	if logged {
+		l.logClosed(c, "reset")
+	}
+	l.dropPipes(c)
+	for _, fd := range c.fd {
+		if fd >= 0 {
+			resetFD(int(fd))
+		}
+	}
+	l.release(c, idx)
+}
+
+var lingerNow = unix.Linger{Onoff: 1, Linger: 0}
+
+func resetFD(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &lingerNow)
+	unix.Close(fd)
+}
+
+// resetAll resets every connection of the loop; Close calls for it.
+func (l *loop) resetAll() {
+	for k, ch := range l.chunks {
+		for i := range ch {
+			if c := &ch[i]; c.fd[sideClient] >= 0 {
+				l.reset(c, int32(k*chunkConns+i), true)
+			}
+		}
+	}
+}
+
+// logClosed logs the end of c at Debug.
+func (l *loop) logClosed(c *conn, end string) {
+	p := l.p
+	if !p.log.Enabled(zapcore.DebugLevel) {
+		return
+	}
+	p.logFor(&p.ports[c.port]).Debug("connection closed",
+		logging.AddrPort("client", peerOf(int(c.fd[sideClient]))),
+		logging.Uint64("bytes_up", c.bytes[sideClient]), logging.Uint64("bytes_down", c.bytes[sideBackend]),
+		logging.String("end", end))
+}
+
+// peerOf returns the address of fd's peer, or the zero AddrPort.
+func peerOf(fd int) netip.AddrPort {
+	var buf [unix.SizeofSockaddrInet6]byte
+	n := uint32(len(buf))
+	if _, _, errno := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&buf)), uintptr(unsafe.Pointer(&n))); errno != 0 {
+		return netip.AddrPort{}
+	}
+	ap, _, _ := sockopt.ParseSockaddr(buf[:n])
+	return ap
+}
+
+// dialFailed resets the client of c, whose backend could not be reached,
+// and logs why: the first failure after a success is a warning naming the
+// client, the listener and the backend; further failures while the backend
+// stays down are logged at Debug only, so that a client retrying against a
+// stopped container cannot flood the log. A dial cut short by Close is not a
+// failure.
+func (l *loop) dialFailed(c *conn, idx int32, err error) {
+	p := l.p
+	pt := &p.ports[c.port]
+	pt.counters.DialErrors.Add(1)
+	if !p.closing.Load() {
+		took := time.Duration(0)
+		if c.dialing {
+			took = time.Duration(l.now() - (c.deadline - int64(p.dialTimeout)))
+		}
+		n := p.dialFailures.fail()
+		if log := p.logFor(pt); n == 1 || log.Enabled(zapcore.DebugLevel) {
+			fields := []zapcore.Field{
+				logging.AddrPort("client", peerOf(int(c.fd[sideClient]))),
+				logging.Err(err),
+				logging.Duration("after", took),
+			}
+			if n == 1 {
+				log.Warn("backend dial failed; client reset", fields...)
+			} else {
+				log.Debug("backend dial failed again; client reset", append(fields, logging.Int64("failures", n))...)
+			}
+		}
+	}
+	l.reset(c, idx, false)
+}
+
+// noPortLogEvery is how often at most the cause of EADDRNOTAVAIL is logged
+// above Debug.
+const noPortLogEvery = time.Minute
+
+// noSourcePort handles a connect that found no free source port toward the
+// backend (EADDRNOTAVAIL: every port of net.ipv4.ip_local_port_range is in
+// use or in TIME_WAIT toward it). The kernel's search for a port is what
+// costs: retrying at once would spin. The client is reset and accepting
+// pauses in this loop for a growing delay (5ms to 1s), so that the
+// connections waiting meanwhile queue in the kernel instead.
+func (l *loop) noSourcePort(c *conn, idx int32, errno unix.Errno) {
+	p := l.p
+	pt := &p.ports[c.port]
+	pt.counters.DialErrors.Add(1)
+	p.dialFailures.fail()
+	l.noPortStreak++
+	err := &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("connect", errno)}
+	now := time.Now().UnixNano()
+	if last := p.noPortLogged.Load(); (last == 0 || now-last >= int64(noPortLogEvery)) && p.noPortLogged.CompareAndSwap(last, now) {
+		p.logFor(pt).Warn("no free source port toward the backend; client reset, accepting backs off. "+
+			"Let the kernel reuse TIME_WAIT ports (sysctl net.ipv4.tcp_tw_reuse=1) or widen net.ipv4.ip_local_port_range",
+			logging.Err(err), logging.Int64("failures", l.noPortStreak))
+	} else if log := p.logFor(pt); log.Enabled(zapcore.DebugLevel) {
+		log.Debug("no free source port toward the backend; client reset", logging.Err(err), logging.Int64("failures", l.noPortStreak))
+	}
+	l.reset(c, idx, false)
+	l.pause(l.noPortOff.Next())
+}

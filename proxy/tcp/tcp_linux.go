@@ -1,0 +1,457 @@
+package tcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/sockopt"
+)
+
+// maxLoops bounds the event loops of one Proxy, whatever GOMAXPROCS is.
+const maxLoops = 8
+
+// Proxy is a TCP relay. Create it with New, NewListener or NewRange and run
+// it with Serve.
+type Proxy struct {
+	ports       []port // one, or a range (NewRange)
+	dialTimeout time.Duration
+	// log has the fields listen and backend when the proxy has one port;
+	// in a range each line about a port gets them from logFor.
+	log    *logging.Logger
+	single bool
+	// keepCnt is set when the system's default keepalive probe count is not
+	// keepAlive.Count, so that backend sockets need TCP_KEEPCNT too.
+	keepCnt bool
+
+	// lnMu orders closing the listening sockets after an accept4 or an
+	// epoll_ctl on them in progress (readers: the loops; writer:
+	// closeListeners), so that no loop uses a descriptor number that was
+	// closed and reused.
+	lnMu     sync.RWMutex
+	lnClosed bool
+
+	stopping atomic.Bool // no more accepting; a loop ends when it has no connection
+	closing  atomic.Bool // every loop resets its connections and ends
+
+	dialFailures failureStreak
+	noPortLogged atomic.Int64 // when the last EADDRNOTAVAIL warning was logged (Unix ns)
+
+	mu      sync.Mutex
+	serving bool          // Serve was called
+	closed  bool          // Close ran, or Shutdown finished
+	loops   []*loop       // while Serve runs
+	done    chan struct{} // closed when Serve's loops have all ended
+	fatal   error         // why serving failed, set by a loop
+}
+
+// port is one listening socket of a Proxy and where its connections go.
+type port struct {
+	fd         int            // non-blocking listening socket, owned by the Proxy
+	listen     netip.AddrPort // fd's address
+	backend    netip.AddrPort // unmapped
+	backendErr error          // non-nil when the backend is unusable
+	family     int            // of backend
+	sa         [unix.SizeofSockaddrInet6]byte
+	salen      uint32 // of sa, the backend as a raw sockaddr for connect(2)
+	counters   *proxy.StreamCounters
+}
+
+func newPort(fd int, listen, backend netip.AddrPort) port {
+	pt := port{fd: fd, listen: listen, counters: new(proxy.StreamCounters)}
+	pt.backend = netip.AddrPortFrom(backend.Addr().Unmap(), backend.Port())
+	pt.backendErr = checkBackend(backend)
+	pt.family, pt.salen = putSockaddr(&pt.sa, pt.backend)
+	return pt
+}
+
+// putSockaddr writes backend into sa for connect(2) and returns the socket
+// family to dial it with and the sockaddr's length.
+func putSockaddr(sa *[unix.SizeofSockaddrInet6]byte, backend netip.AddrPort) (family int, n uint32) {
+	if !backend.Addr().IsValid() {
+		return unix.AF_INET, 0
+	}
+	v6 := backend.Addr().Is6()
+	var scope uint32
+	if z := backend.Addr().Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			scope = uint32(ifi.Index)
+		} else if n, err := strconv.ParseUint(z, 10, 32); err == nil {
+			scope = uint32(n)
+		}
+	}
+	family = unix.AF_INET
+	if v6 {
+		family = unix.AF_INET6
+	}
+	return family, sockopt.PutSockaddr(sa[:], v6, backend, scope)
+}
+
+// addr is the address pt listens on.
+func (pt *port) addr() net.Addr { return net.TCPAddrFromAddrPort(pt.listen) }
+
+// New returns a Proxy serving the listening TCP socket f. New duplicates f,
+// so the caller may (and should) close f afterwards. It fails when f is not a
+// listening TCP socket or cfg.Backend is not a usable address.
+//
+// Close and Shutdown stop the socket itself from listening (shutdown(2)), so
+// the port stops accepting even if another descriptor for it, such as f, is
+// still open.
+func New(f *os.File, cfg Config) (*Proxy, error) {
+	if f == nil {
+		return nil, errors.New("tcp proxy: nil listening socket")
+	}
+	if err := checkBackend(cfg.Backend); err != nil {
+		return nil, err
+	}
+	pt, err := openPort(Mapping{File: f, Backend: cfg.Backend})
+	if err != nil {
+		return nil, err
+	}
+	return newProxy([]port{pt}, cfg), nil
+}
+
+// NewRange returns one Proxy serving the socket of every mapping, each
+// relayed to its own backend, by the same event loops. Like New, it
+// duplicates the files, which the caller closes afterwards, and fails when
+// one is not a listening TCP socket or a backend is unusable; cfg.Backend is
+// not used. Serve, Close and Shutdown act on every socket at once; Addr is
+// the first mapping's address.
+func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
+	if len(ms) == 0 {
+		return nil, errors.New("tcp proxy: no listening socket")
+	}
+	ports := make([]port, 0, len(ms))
+	for _, m := range ms {
+		err := checkBackend(m.Backend)
+		if m.File == nil {
+			err = errors.New("tcp proxy: nil listening socket")
+		}
+		var pt port
+		if err == nil {
+			pt, err = openPort(m)
+		}
+		if err != nil {
+			for i := range ports {
+				unix.Close(ports[i].fd)
+			}
+			return nil, err
+		}
+		ports = append(ports, pt)
+	}
+	return newProxy(ports, cfg), nil
+}
+
+// NewListener returns a Proxy serving ln's socket and takes ownership of ln
+// (it is closed; the Proxy keeps a duplicate of its socket). An unusable
+// cfg.Backend is not reported here: every connection is then reset and the
+// reason logged (use New, or check the address first, to fail early).
+func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
+	listen := ln.Addr().(*net.TCPAddr).AddrPort()
+	fd := -1
+	if rc, err := ln.SyscallConn(); err == nil {
+		rc.Control(func(s uintptr) { fd, _ = dupNonblock(int(s)) })
+	}
+	ln.Close()
+	// Without a descriptor (EMFILE for the duplicate), Serve fails at its
+	// first accept with EBADF and says so.
+	return newProxy([]port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg)
+}
+
+// openPort returns the port of m with a non-blocking duplicate of its
+// socket.
+func openPort(m Mapping) (port, error) {
+	info, err := inspectListener(m.File)
+	if err != nil {
+		return port{}, err
+	}
+	rc, err := m.File.SyscallConn()
+	if err != nil {
+		return port{}, fmt.Errorf("tcp proxy on %s: %w", m.File.Name(), err)
+	}
+	fd := -1
+	var opErr error
+	if err := rc.Control(func(s uintptr) { fd, opErr = dupNonblock(int(s)) }); err != nil {
+		opErr = err
+	}
+	if opErr != nil {
+		return port{}, fmt.Errorf("tcp proxy on %s: %w", m.File.Name(), opErr)
+	}
+	return newPort(fd, info.Local, m.Backend), nil
+}
+
+// dupNonblock returns a non-blocking, close-on-exec duplicate of the
+// descriptor s. O_NONBLOCK belongs to the open socket, so every other
+// descriptor of it becomes non-blocking too.
+func dupNonblock(s int) (int, error) {
+	fd, err := unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("dup", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return fd, nil
+}
+
+func newProxy(ports []port, cfg Config) *Proxy {
+	p := &Proxy{
+		ports:       ports,
+		dialTimeout: cfg.DialTimeout,
+		log:         cfg.Logger,
+		single:      len(ports) == 1,
+		keepCnt:     systemKeepCnt() != keepAlive.Count,
+	}
+	if p.dialTimeout <= 0 {
+		p.dialTimeout = DefaultDialTimeout
+	}
+	if p.single {
+		p.log = portLogger(cfg.Logger, &ports[0])
+	}
+	for i := range ports {
+		if ports[i].fd >= 0 {
+			setListenerOptions(ports[i].fd)
+		}
+	}
+	return p
+}
+
+// setListenerOptions turns on keepalive (keepAlive's schedule) and
+// TCP_NODELAY on a listening socket. Linux copies them to every connection
+// it accepts, which then needs no setsockopt of its own. It is best effort:
+// a socket that refuses them still relays.
+func setListenerOptions(fd int) {
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+}
+
+// systemKeepCnt is net.ipv4.tcp_keepalive_probes, or 0 when unreadable.
+func systemKeepCnt() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_keepalive_probes")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// logFor returns the logger for a line about pt.
+func (p *Proxy) logFor(pt *port) *logging.Logger {
+	if p.single {
+		return p.log // it has listen and backend already
+	}
+	return portLogger(p.log, pt)
+}
+
+// portLogger returns log with pt's fields listen and backend.
+func portLogger(log *logging.Logger, pt *port) *logging.Logger {
+	return log.With(logging.AddrPort("listen", pt.listen), logging.AddrPort("backend", pt.backend))
+}
+
+// Addr returns the address the proxy listens on (in a range, the first).
+func (p *Proxy) Addr() net.Addr { return p.ports[0].addr() }
+
+// EachMapping calls fn with each listening socket's address, its backend
+// and its counters, in the order the sockets were given (proxy.StreamStats).
+func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.StreamCounters)) {
+	for i := range p.ports {
+		pt := &p.ports[i]
+		fn(pt.listen, pt.backend, pt.counters)
+	}
+}
+
+// Serve accepts connections and relays each to its backend until ctx is
+// done, Close is called or Shutdown completes; then it returns nil. When ctx
+// is done Serve closes the proxy as Close does. Serve returns only once
+// every relayed connection has ended and every loop goroutine with it.
+//
+// Accept errors such as EMFILE, ENFILE, ENOBUFS or ENOMEM are logged and
+// retried after a growing delay (5ms to 1s). Serve returns an error only when
+// a listening socket itself is unusable (EBADF, EINVAL, ENOTSOCK) or a loop
+// cannot wait; it then closes the proxy first. Serve returns proxy.ErrClosed
+// if the proxy was already closed, and an error if it is called twice.
+func (p *Proxy) Serve(ctx context.Context) error {
+	loops, err := p.beginServe()
+	if err != nil {
+		return err
+	}
+	ctxClosed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(ctxClosed)
+		p.Close()
+	})
+	var wg sync.WaitGroup
+	for _, l := range loops[1:] {
+		wg.Go(l.run)
+	}
+	loops[0].run() // Serve's own goroutine is the first loop
+	wg.Wait()
+	err = p.endServe(loops)
+	if !stop() {
+		<-ctxClosed // ctx fired: let its Close finish before returning
+	}
+	return err
+}
+
+// beginServe creates the event loops, or says why the proxy cannot serve.
+func (p *Proxy) beginServe() ([]*loop, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed || p.stopping.Load():
+		return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), proxy.ErrClosed)
+	case p.serving:
+		return nil, fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
+	}
+	n := min(runtime.GOMAXPROCS(0), maxLoops)
+	loops := make([]*loop, 0, n)
+	for range n {
+		l, err := newLoop(p)
+		if err != nil {
+			for _, l := range loops {
+				l.close()
+			}
+			return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), err)
+		}
+		loops = append(loops, l)
+	}
+	p.serving, p.loops, p.done = true, loops, make(chan struct{})
+	return loops, nil
+}
+
+// endServe runs when every loop has ended: it releases them and returns
+// the error that ended serving, if any.
+func (p *Proxy) endServe(loops []*loop) error {
+	p.mu.Lock()
+	for _, l := range loops {
+		l.close()
+	}
+	p.loops = nil
+	err := p.fatal
+	close(p.done)
+	p.mu.Unlock()
+	if err != nil {
+		p.Close()
+	}
+	return err
+}
+
+// fail ends serving with err: every loop resets its connections and ends.
+// A loop calls it; Serve returns err.
+func (p *Proxy) fail(err error) {
+	p.mu.Lock()
+	if p.fatal == nil {
+		p.fatal = err
+	}
+	p.stopping.Store(true)
+	p.closing.Store(true)
+	for _, l := range p.loops {
+		l.wake()
+	}
+	p.mu.Unlock()
+}
+
+// closeListeners stops every listening socket (shutdown(2): its queued
+// connections are reset, whoever else holds a descriptor for it), takes it
+// out of the loops' epoll sets and closes it, once. p.mu must be held.
+func (p *Proxy) closeListeners() error {
+	p.lnMu.Lock()
+	defer p.lnMu.Unlock()
+	if p.lnClosed {
+		return nil
+	}
+	p.lnClosed = true
+	var errs []error
+	for i := range p.ports {
+		pt := &p.ports[i]
+		if pt.fd < 0 {
+			continue
+		}
+		for _, l := range p.loops {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, pt.fd, nil)
+		}
+		unix.Shutdown(pt.fd, unix.SHUT_RD)
+		if err := unix.Close(pt.fd); err != nil {
+			errs = append(errs, fmt.Errorf("close tcp listener %s: %w", pt.listen, err))
+		}
+		pt.fd = -1
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the proxy at once: the listening sockets are closed, dials in
+// progress are abandoned, and every relayed connection is reset on both sides
+// (its data is cut short, so neither peer may take it for a clean end). Close
+// returns once every loop has ended. It is safe to call more than once and
+// from any goroutine; later calls return nil.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	err := p.closeListeners()
+	p.stopping.Store(true)
+	p.closing.Store(true)
+	for _, l := range p.loops {
+		l.wake()
+	}
+	done := p.done
+	p.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+	return err
+}
+
+// Shutdown closes the listening sockets at once (connections still in their
+// queues are reset), then waits for the open connections to end by
+// themselves. When ctx is done first it closes the rest as Close does and
+// returns ctx.Err(); otherwise it returns nil. Serve returns once the last
+// connection has ended. Shutdown returns proxy.ErrClosed if the proxy was
+// already closed.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("shutdown tcp on %s: %w", p.Addr(), proxy.ErrClosed)
+	}
+	lnErr := p.closeListeners()
+	p.stopping.Store(true)
+	for _, l := range p.loops {
+		l.wake()
+	}
+	done := p.done
+	p.mu.Unlock()
+
+	if done == nil { // not serving: nothing to wait for
+		return errors.Join(lnErr, p.Close())
+	}
+	select {
+	case <-done:
+		return errors.Join(lnErr, p.Close())
+	case <-ctx.Done():
+		p.log.Debug("shutdown deadline; resetting open connections", logging.Err(ctx.Err()))
+		p.Close()
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,506 @@
+//go:build !linux
+
+package tcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
+)
+
+// Proxy is a TCP relay. Create it with New, NewListener or NewRange and run
+// it with Serve.
+type Proxy struct {
+	ports       []port // one, or a range (NewRange)
+	dialTimeout time.Duration
+	// log has the fields listen and backend when the proxy has one port;
+	// in a range each line about a port gets them from logFor.
+	log *logging.Logger
+	// poll tells a range's accept loop which sockets have connections
+	// waiting; nil with one port.
+	poll *poller
+
+	// ctx is cancelled by Close; it aborts backend dials in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	stopOnce sync.Once
+	stopping chan struct{} // closed once the listener is being closed
+
+	handlers sync.WaitGroup // one per accepted connection
+
+	dialFailures failureStreak
+
+	mu        sync.Mutex
+	serving   bool                // Serve was called
+	accepting bool                // the accept loop is running
+	closed    bool                // Close ran, or Shutdown finished
+	relays    map[*relay]struct{} // open connections
+	idle      chan struct{}       // closed when stopping and nothing is left
+}
+
+// port is one listening socket of a Proxy and where its connections go.
+type port struct {
+	// ln is the listening socket. A range on Linux keeps its sockets as
+	// bare non-blocking descriptors instead (ln nil, fd and listen set),
+	// watched only by the range's epoll set: a net.TCPListener per socket
+	// would put every one of them in Go's netpoller too, at about 1 KiB of
+	// memory each that a range of 100 ports never gives back.
+	ln          *net.TCPListener
+	fd          int            // a range's socket on Linux; owned by its poller
+	listen      netip.AddrPort // fd's address
+	backend     netip.AddrPort // unmapped
+	backendAddr string         // backend.String(), formatted once
+	backendErr  error          // non-nil when the backend is unusable
+	counters    *proxy.StreamCounters
+}
+
+func newPort(ln *net.TCPListener, backend netip.AddrPort) port {
+	pt := port{ln: ln, fd: -1, counters: new(proxy.StreamCounters)}
+	pt.setBackend(backend)
+	return pt
+}
+
+func (pt *port) setBackend(backend netip.AddrPort) {
+	pt.backend = netip.AddrPortFrom(backend.Addr().Unmap(), backend.Port())
+	pt.backendAddr = pt.backend.String()
+	pt.backendErr = checkBackend(backend)
+}
+
+// addr is the address pt listens on.
+func (pt *port) addr() net.Addr {
+	if pt.ln != nil {
+		return pt.ln.Addr()
+	}
+	return net.TCPAddrFromAddrPort(pt.listen)
+}
+
+// New returns a Proxy serving the listening TCP socket f. New duplicates f,
+// so the caller may (and should) close f afterwards. It fails when f is not a
+// listening TCP socket or cfg.Backend is not a usable address.
+//
+// On Linux, Close and Shutdown stop the socket itself from listening
+// (shutdown(2)), so the port stops accepting even if another descriptor
+// for it, such as f, is still open.
+func New(f *os.File, cfg Config) (*Proxy, error) {
+	if f == nil {
+		return nil, errors.New("tcp proxy: nil listening socket")
+	}
+	if err := checkBackend(cfg.Backend); err != nil {
+		return nil, err
+	}
+	ln, err := fileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	return NewListener(ln, cfg), nil
+}
+
+// fileListener returns a TCP listener on a duplicate of the listening TCP
+// socket f.
+func fileListener(f *os.File) (*net.TCPListener, error) {
+	if err := checkListener(f); err != nil {
+		return nil, err
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("tcp proxy on %s: %w", f.Name(), err)
+	}
+	tln, ok := ln.(*net.TCPListener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("tcp proxy on %s: %T is not a TCP listener", f.Name(), ln)
+	}
+	return tln, nil
+}
+
+// NewRange returns one Proxy serving the socket of every mapping, each
+// relayed to its own backend, with one goroutine accepting on all of them
+// (on Linux: an epoll set of the sockets; elsewhere a goroutine per socket).
+// Like New, it duplicates the files, which the caller closes afterwards, and
+// fails when one is not a listening TCP socket or a backend is unusable;
+// cfg.Backend is not used. Serve, Close and Shutdown act on every socket at
+// once; Addr is the first mapping's address.
+func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
+	if len(ms) == 0 {
+		return nil, errors.New("tcp proxy: no listening socket")
+	}
+	ports := make([]port, 0, len(ms))
+	fail := func(err error) (*Proxy, error) {
+		for i := range ports {
+			ports[i].close()
+		}
+		return nil, err
+	}
+	for _, m := range ms {
+		if m.File == nil {
+			return fail(errors.New("tcp proxy: nil listening socket"))
+		}
+		if err := checkBackend(m.Backend); err != nil {
+			return fail(err)
+		}
+		pt, err := openPort(m, len(ms) > 1)
+		if err != nil {
+			return fail(err)
+		}
+		ports = append(ports, pt)
+	}
+	p := newProxy(ports, cfg)
+	if len(ports) == 1 {
+		p.log = portLogger(cfg.Logger, &ports[0])
+		return p, nil
+	}
+	pl, err := newPoller(ports)
+	if err != nil {
+		p.cancel()
+		return fail(fmt.Errorf("tcp proxy on %s and %d more: %w", p.Addr(), len(ports)-1, err))
+	}
+	p.poll, p.log = pl, cfg.Logger
+	return p, nil
+}
+
+// NewListener returns a Proxy serving ln and takes ownership of it. An
+// unusable cfg.Backend is not reported here: every connection is then reset
+// and the reason logged (use New, or check the address first, to fail early).
+func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
+	p := newProxy([]port{newPort(ln, cfg.Backend)}, cfg)
+	p.log = portLogger(cfg.Logger, &p.ports[0])
+	return p
+}
+
+func newProxy(ports []port, cfg Config) *Proxy {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		ports:       ports,
+		dialTimeout: cfg.DialTimeout,
+		ctx:         ctx,
+		cancel:      cancel,
+		stopping:    make(chan struct{}),
+		relays:      make(map[*relay]struct{}),
+	}
+	if p.dialTimeout <= 0 {
+		p.dialTimeout = DefaultDialTimeout
+	}
+	return p
+}
+
+// logFor returns the logger for a line about pt.
+func (p *Proxy) logFor(pt *port) *logging.Logger {
+	if p.poll == nil {
+		return p.log // it has listen and backend already
+	}
+	return portLogger(p.log, pt)
+}
+
+// portLogger returns log with pt's fields listen and backend.
+func portLogger(log *logging.Logger, pt *port) *logging.Logger {
+	return log.With(logging.Addr("listen", pt.addr()), logging.AddrPort("backend", pt.backend))
+}
+
+// Addr returns the address the proxy listens on (in a range, the first).
+func (p *Proxy) Addr() net.Addr { return p.ports[0].addr() }
+
+// Serve accepts connections and relays each to the backend until ctx is done,
+// Close is called or Shutdown completes; then it returns nil. When ctx is done
+// Serve closes the proxy as Close does. Serve returns only once every relayed
+// connection has ended, so no goroutine of the proxy outlives it.
+//
+// Accept errors such as EMFILE, ENFILE, ENOBUFS or ENOMEM are logged and
+// retried after a growing delay (5ms to 1s). Serve returns an error only when
+// the listening socket itself is unusable (EBADF, EINVAL, ENOTSOCK); it then
+// closes the proxy first. Serve returns proxy.ErrClosed if the proxy was
+// already closed, and an error if it is called twice.
+func (p *Proxy) Serve(ctx context.Context) error {
+	// Serve's own frame stays small, and the work before and after the
+	// accept loop out of line: see acceptLoop.
+	if err := p.beginServe(); err != nil {
+		return err
+	}
+	w := p.closeWhenDone(ctx)
+	var err error
+	if p.poll == nil {
+		err = p.acceptLoop(&p.ports[0])
+	} else {
+		err = p.acceptRange()
+	}
+	p.endServe(err, w)
+	return err
+}
+
+// beginServe marks the proxy serving, or says why it cannot be.
+//
+//go:noinline
+func (p *Proxy) beginServe() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return fmt.Errorf("serve tcp on %s: %w", p.Addr(), proxy.ErrClosed)
+	case p.serving:
+		return fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
+	}
+	p.serving, p.accepting = true, true
+	return nil
+}
+
+// ctxWatch closes the proxy when Serve's context is done.
+type ctxWatch struct {
+	stop   func() bool
+	closed chan struct{} // closed once the context's Close has returned
+}
+
+//go:noinline
+func (p *Proxy) closeWhenDone(ctx context.Context) *ctxWatch {
+	w := &ctxWatch{closed: make(chan struct{})}
+	w.stop = context.AfterFunc(ctx, func() {
+		defer close(w.closed)
+		p.Close()
+	})
+	return w
+}
+
+// endServe runs when the accept loop has returned err: it waits for the
+// relayed connections and for a Close started by the context.
+//
+//go:noinline
+func (p *Proxy) endServe(err error, w *ctxWatch) {
+	p.mu.Lock()
+	p.accepting = false
+	p.signalIdle()
+	p.mu.Unlock()
+
+	if err != nil {
+		p.Close()
+	}
+	p.handlers.Wait()
+	if !w.stop() {
+		<-w.closed // ctx fired: let its Close finish before returning
+	}
+}
+
+// acceptLoop accepts until the listener is closed. It returns nil when the
+// proxy is stopping and an error when the listener is unusable.
+//
+// A range of mappings idles with one goroutine per listener parked in
+// AcceptTCP, so the loop keeps its frame small and its failure handling out
+// of line: with Serve's frame on top of Go's accept path, the goroutine fits
+// the 2 KiB stack it starts with (a 4 KiB one per mapping otherwise).
+func (p *Proxy) acceptLoop(pt *port) error {
+	var st *acceptFailures // allocated at the first failure
+	for {
+		c, err := pt.ln.AcceptTCP()
+		if err != nil {
+			if st == nil {
+				st = new(acceptFailures)
+			}
+			if stop, err := p.acceptFailed(pt, st, err); stop {
+				return err
+			}
+			continue
+		}
+		if st != nil {
+			p.acceptedAgain(pt, st)
+			st = nil
+		}
+		p.start(pt, c)
+	}
+}
+
+// acceptFailures is the state of a streak of failed accepts.
+type acceptFailures struct {
+	backoff proxy.Backoff
+	n       int64
+}
+
+// acceptFailed handles a failed accept: it reports whether the loop must end,
+// with the error to return, after backing off when the failure is transient.
+//
+//go:noinline
+func (p *Proxy) acceptFailed(pt *port, st *acceptFailures, err error) (bool, error) {
+	if p.isStopping() {
+		return true, nil
+	}
+	log := p.logFor(pt)
+	if !retryable(err) {
+		log.Error("accept failed; stopping", logging.Err(err))
+		return true, fmt.Errorf("accept tcp on %s: %w", pt.addr(), err)
+	}
+	if st.n++; st.n == 1 {
+		log.Warn("accept failed; backing off and retrying", logging.Err(err))
+	} else if log.Enabled(zapcore.DebugLevel) {
+		log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", st.n))
+	}
+	return !st.backoff.Sleep(p.stopping), nil
+}
+
+// acceptedAgain logs the end of a streak of failed accepts.
+//
+//go:noinline
+func (p *Proxy) acceptedAgain(pt *port, st *acceptFailures) {
+	p.logFor(pt).Info("accepting again", logging.Int64("failed_accepts", st.n))
+}
+
+// start registers c, accepted on pt, and relays it in a new goroutine, or
+// resets it when the proxy was closed meanwhile.
+func (p *Proxy) start(pt *port, c *net.TCPConn) {
+	r := &relay{p: p, port: pt, client: c}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		reset(c)
+		return
+	}
+	p.relays[r] = struct{}{}
+	pt.counters.Accepted.Add(1)
+	pt.counters.Active.Add(1)
+	p.handlers.Add(1) // under mu and before closed: ordered before Close's Wait
+	p.mu.Unlock()
+	go r.run()
+}
+
+// attach records the dialed backend connection of r. It reports false when
+// the proxy was closed during the dial; the caller then resets both.
+func (p *Proxy) attach(r *relay, backend *net.TCPConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	r.backend = backend
+	return true
+}
+
+// forget unregisters r once both of its connections are closed.
+func (p *Proxy) forget(r *relay) {
+	p.mu.Lock()
+	delete(p.relays, r)
+	r.port.counters.Active.Add(-1)
+	p.signalIdle()
+	p.mu.Unlock()
+	p.handlers.Done()
+}
+
+// signalIdle closes p.idle when the proxy is stopping and nothing is left to
+// wait for. p.mu must be held.
+func (p *Proxy) signalIdle() {
+	if p.idle != nil && !p.accepting && len(p.relays) == 0 {
+		select {
+		case <-p.idle:
+		default:
+			close(p.idle)
+		}
+	}
+}
+
+func (p *Proxy) isStopping() bool {
+	select {
+	case <-p.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// stopAccepting closes the listening sockets, once.
+func (p *Proxy) stopAccepting() error {
+	var errs []error
+	p.stopOnce.Do(func() {
+		close(p.stopping) // first, so that the accept loop reads the wake-up as a stop
+		for i := range p.ports {
+			ln := p.ports[i].ln
+			if ln == nil {
+				continue // the poller's
+			}
+			stopListening(ln) // the socket itself, even if f is still open elsewhere
+			if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, fmt.Errorf("close tcp listener %s: %w", ln.Addr(), err))
+			}
+		}
+		if p.poll != nil {
+			// Stops and closes the sockets it owns and wakes the range's
+			// accept loop.
+			if err := p.poll.close(p.ports); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Close stops the proxy at once: the listening socket is closed, dials in
+// progress are abandoned, and every relayed connection is reset on both sides
+// (its data is cut short, so neither peer may take it for a clean end). Close
+// returns once every relay goroutine has ended. It is safe to call more than
+// once and from any goroutine; later calls return nil.
+func (p *Proxy) Close() error {
+	err := p.stopAccepting()
+	p.cancel()
+	p.mu.Lock()
+	p.closed = true
+	for r := range p.relays {
+		r.abort()
+	}
+	p.mu.Unlock()
+	p.handlers.Wait()
+	return err
+}
+
+// Shutdown closes the listening socket at once (connections still in its
+// queue are reset), then waits for the open connections to end by
+// themselves. When ctx is done first it closes the rest as Close does and
+// returns ctx.Err(); otherwise it returns nil. Serve returns once the last
+// connection has ended. Shutdown returns proxy.ErrClosed if the proxy was
+// already closed.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("shutdown tcp on %s: %w", p.Addr(), proxy.ErrClosed)
+	}
+	if p.idle == nil {
+		p.idle = make(chan struct{})
+	}
+	idle := p.idle
+	p.mu.Unlock()
+
+	lnErr := p.stopAccepting()
+	p.mu.Lock()
+	p.signalIdle()
+	p.mu.Unlock()
+
+	select {
+	case <-idle:
+		err := p.Close()
+		return errors.Join(lnErr, err)
+	case <-ctx.Done():
+		p.log.Debug("shutdown deadline; resetting open connections", logging.Err(ctx.Err()))
+		p.Close()
+		return ctx.Err()
+	}
+}
+
+// EachMapping calls fn with each listening socket's address, its backend
+// and its counters (proxy.StreamStats).
+func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.StreamCounters)) {
+	for i := range p.ports {
+		pt := &p.ports[i]
+		fn(addrPortOf(pt.addr()), pt.backend, pt.counters)
+	}
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return netip.AddrPort{}
+}
