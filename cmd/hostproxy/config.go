@@ -46,6 +46,7 @@ const (
 	defaultUDPTimeout        = udp.DefaultIdleTimeout
 	defaultUDPMaxFlows       = udp.DefaultMaxFlows
 	defaultCompatProtoString = "tcp"
+	defaultUser              = "nobody"
 )
 
 // config is the validated command line.
@@ -73,6 +74,8 @@ type config struct {
 	DrainTimeout time.Duration
 	LogLevel     zapcore.Level
 	LogFormat    logging.Format
+	User         string // -user: the account to run as once the sockets exist ("" keeps the uid)
+	Seccomp      bool   // -seccomp: install the system call allow-list
 }
 
 // Backend returns the container address host port p maps to.
@@ -99,6 +102,8 @@ type flags struct {
 	dialTimeout, udpTimeout, drainTimeout       time.Duration
 	udpMaxFlows                                 int
 	logLevel, logFormat                         string
+	user                                        string
+	seccomp                                     bool
 }
 
 func newFlags() *flags {
@@ -120,6 +125,8 @@ func newFlags() *flags {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 0, "on SIGINT/SIGTERM let open connections finish for this `duration` (default 0 with docker-proxy's flags, 10s with -L)")
 	fs.StringVar(&f.logLevel, "log-level", defaultLogLevel, "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", defaultLogFormat, "log `format`: console or json")
+	fs.StringVar(&f.user, "user", defaultUser, "started as root, run as this `user` once the sockets exist (\"\" keeps the uid; capabilities are dropped either way)")
+	fs.BoolVar(&f.seccomp, "seccomp", true, "confine the process to the system calls the relays make (a seccomp allow-list); -seccomp=false turns it off")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")
 	return f
@@ -149,6 +156,8 @@ func parseArgs(args []string) (*config, error) {
 		UDPTimeout:   f.udpTimeout,
 		UDPMaxFlows:  f.udpMaxFlows,
 		DrainTimeout: f.drainTimeout,
+		User:         f.user,
+		Seccomp:      f.seccomp,
 	}
 	var err error
 	if c.LogLevel, err = logging.ParseLevel(f.logLevel); err != nil {
