@@ -153,10 +153,10 @@ func switchUser(a *account) error {
 		}
 	}
 	if err := syscall.Setresgid(a.gid, a.gid, a.gid); err != nil {
-		return fmt.Errorf("drop privileges: switch to group %d of user %s: %w", a.gid, a.name, err)
+		return fmt.Errorf("drop privileges: switch to group %d of user %q: %w", a.gid, a.name, err)
 	}
 	if err := syscall.Setresuid(a.uid, a.uid, a.uid); err != nil {
-		return fmt.Errorf("drop privileges: switch to user %s (uid %d): %w", a.name, a.uid, err)
+		return fmt.Errorf("drop privileges: switch to user %q (uid %d): %w", a.name, a.uid, err)
 	}
 	return nil
 }
@@ -229,7 +229,7 @@ type account struct {
 func lookupAccount(name string) (*account, string) {
 	f, err := os.Open("/etc/passwd")
 	if err != nil {
-		return nil, fmt.Sprintf("user %s: %v", name, err)
+		return nil, fmt.Sprintf("user %q: %v", name, err)
 	}
 	defer f.Close()
 	a, err := findAccount(f, name)
@@ -243,10 +243,10 @@ func lookupAccount(name string) (*account, string) {
 	}{{"/proc/self/uid_map", a.uid, "uid"}, {"/proc/self/gid_map", a.gid, "gid"}} {
 		b, err := os.ReadFile(m.path)
 		if err != nil {
-			return nil, fmt.Sprintf("user %s: %v", name, err)
+			return nil, fmt.Sprintf("user %q: %v", name, err)
 		}
 		if !idMapped(b, m.id) {
-			return nil, fmt.Sprintf("user %s: %s %d is not mapped in this user namespace", name, m.what, m.id)
+			return nil, fmt.Sprintf("user %q: %s %d is not mapped in this user namespace", name, m.what, m.id)
 		}
 	}
 	return a, ""
@@ -264,14 +264,14 @@ func findAccount(r interface{ Read([]byte) (int, error) }, name string) (*accoun
 		uid, err1 := strconv.ParseUint(fields[2], 10, 32)
 		gid, err2 := strconv.ParseUint(fields[3], 10, 32)
 		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("user %s: malformed /etc/passwd entry (uid %q, gid %q)", name, fields[2], fields[3])
+			return nil, fmt.Errorf("user %q: malformed /etc/passwd entry (uid %q, gid %q)", name, fields[2], fields[3])
 		}
 		return &account{name: name, uid: int(uid), gid: int(gid)}, nil
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("user %s: read /etc/passwd: %w", name, err)
+		return nil, fmt.Errorf("user %q: read /etc/passwd: %w", name, err)
 	}
-	return nil, fmt.Errorf("user %s: not in /etc/passwd", name)
+	return nil, fmt.Errorf("user %q: not in /etc/passwd", name)
 }
 
 // idMapped reports whether id falls in one of the ranges of an id map
