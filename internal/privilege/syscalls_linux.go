@@ -34,6 +34,9 @@ var allowed = []uint32{
 
 	// Files: the metrics file replaced atomically (create, write, sync,
 	// chmod, rename; remove on failure) and reads of /proc/self.
-	unix.SYS_OPENAT, unix.SYS_FSYNC, unix.SYS_FDATASYNC, unix.SYS_FCHMOD, unix.SYS_RENAMEAT, unix.SYS_RENAMEAT2,
-	unix.SYS_UNLINKAT,
+	unix.SYS_OPENAT, unix.SYS_FSYNC, unix.SYS_FDATASYNC, unix.SYS_FCHMOD, unix.SYS_FCHMODAT, unix.SYS_RENAMEAT,
+	unix.SYS_RENAMEAT2, unix.SYS_UNLINKAT, unix.SYS_FTRUNCATE,
+	// The journal's native protocol passes an entry too big for one
+	// datagram as a sealed memfd (SCM_RIGHTS over sendmsg).
+	unix.SYS_MEMFD_CREATE,
 }
