@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/net/bpf"
@@ -55,32 +56,41 @@ func rules(pid int) (allow []uint32, cond []argRule, enosys []uint32) {
 
 // Filter returns the seccomp program Drop installs for process pid: it
 // kills the process on a foreign architecture or on any system call that
-// rules does not allow.
+// rules does not allow. The numbers are searched as a balanced binary tree
+// (about 7 comparisons for any call) rather than one by one (up to 90).
 func Filter(pid int) ([]bpf.RawInstruction, int, error) {
 	if auditArch == 0 {
 		return nil, 0, fmt.Errorf("seccomp filter: architecture %s is not supported (use -seccomp=false)", runtime.GOARCH)
 	}
 	allow, cond, enosys := rules(pid)
+	targets := map[uint32]string{}
+	for _, nr := range allow {
+		targets[nr] = "allow"
+	}
+	for _, nr := range enosys {
+		targets[nr] = "enosys"
+	}
+	for i, c := range cond {
+		targets[c.nr] = fmt.Sprintf("cond%d", i)
+	}
+	nrs := make([]uint32, 0, len(targets))
+	for nr := range targets {
+		nrs = append(nrs, nr)
+	}
+	slices.Sort(nrs)
+
 	var p program
 	p.emit(bpf.LoadAbsolute{Off: offArch, Size: 4})
 	p.jumpIf(auditArch, "", "badarch")
+	p.emit(bpf.LoadAbsolute{Off: offNr, Size: 4})
+	p.tree(nrs, targets)
 	for i, c := range cond {
-		next := fmt.Sprintf("cond%d", i+1)
-		p.emit(bpf.LoadAbsolute{Off: offNr, Size: 4})
-		p.jumpIf(c.nr, "", next)
+		p.label(fmt.Sprintf("cond%d", i))
 		p.emit(bpf.LoadAbsolute{Off: offArg0, Size: 4})
 		if c.mask != ^uint32(0) {
 			p.emit(bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: c.mask})
 		}
 		p.jumpIf(c.want, "allow", "kill")
-		p.label(next)
-	}
-	p.emit(bpf.LoadAbsolute{Off: offNr, Size: 4})
-	for _, nr := range enosys {
-		p.jumpIf(nr, "enosys", "")
-	}
-	for _, nr := range allow {
-		p.jumpIf(nr, "allow", "")
 	}
 	p.label("kill")
 	p.emit(bpf.RetConstant{Val: outsideAction})
@@ -95,6 +105,24 @@ func Filter(pid int) ([]bpf.RawInstruction, int, error) {
 		return nil, 0, fmt.Errorf("seccomp filter: %w", err)
 	}
 	return raw, len(allow) + len(cond), nil
+}
+
+// tree emits the search of the system call number (in A) among the sorted
+// nrs, jumping to targets[nr], or to "kill" when it is none of them.
+func (p *program) tree(nrs []uint32, targets map[uint32]string) {
+	if len(nrs) <= 4 {
+		for _, nr := range nrs {
+			p.jumpIf(nr, targets[nr], "")
+		}
+		p.jump("kill")
+		return
+	}
+	mid := len(nrs) / 2
+	right := fmt.Sprintf("ge%d", nrs[mid])
+	p.jumpGE(nrs[mid], right)
+	p.tree(nrs[:mid], targets)
+	p.label(right)
+	p.tree(nrs[mid:], targets)
 }
 
 // installFilter installs Filter on every thread of the process (TSYNC),
@@ -123,6 +151,8 @@ func installFilter() (int, error) {
 type program struct {
 	insns  []bpf.Instruction
 	jumps  map[int][2]string // instruction index: true and false targets ("" for the next one)
+	gotos  []int             // instruction indexes of unconditional jumps, to gotoTo
+	gotoTo []string
 	labels map[string]int
 }
 
@@ -133,6 +163,22 @@ func (p *program) label(name string) {
 		p.labels = map[string]int{}
 	}
 	p.labels[name] = len(p.insns)
+}
+
+// jumpGE emits "if A >= val goto yes".
+func (p *program) jumpGE(val uint32, yes string) {
+	if p.jumps == nil {
+		p.jumps = map[int][2]string{}
+	}
+	p.jumps[len(p.insns)] = [2]string{yes, ""}
+	p.emit(bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: val})
+}
+
+// jump emits "goto to".
+func (p *program) jump(to string) {
+	p.gotos = append(p.gotos, len(p.insns))
+	p.gotoTo = append(p.gotoTo, to)
+	p.emit(bpf.Jump{})
 }
 
 // jumpIf emits "if A == val goto yes else goto no".
@@ -158,6 +204,13 @@ func (p *program) assemble() ([]bpf.RawInstruction, error) {
 			return 0, fmt.Errorf("jump from %d to %s (%d) out of range", from, to, at)
 		}
 		return uint8(d), nil
+	}
+	for k, i := range p.gotos {
+		at, ok := p.labels[p.gotoTo[k]]
+		if !ok || at <= i {
+			return nil, fmt.Errorf("bad jump from %d to %s", i, p.gotoTo[k])
+		}
+		p.insns[i] = bpf.Jump{Skip: uint32(at - i - 1)}
 	}
 	for i, t := range p.jumps {
 		j := p.insns[i].(bpf.JumpIf)

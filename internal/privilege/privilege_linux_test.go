@@ -89,9 +89,9 @@ func TestFilter(t *testing.T) {
 	}
 	t.Logf("%d instructions, %d system calls allowed", len(raw), n)
 	const (
-		allow  = unix.SECCOMP_RET_ALLOW
-		kill   = unix.SECCOMP_RET_KILL_PROCESS
-		enosys = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
+		allow = unix.SECCOMP_RET_ALLOW
+		kill  = unix.SECCOMP_RET_KILL_PROCESS
+		nosys = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
 	)
 	thread := uint64(unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD |
 		unix.CLONE_SYSVSEM | unix.CLONE_SETTLS)
@@ -117,7 +117,7 @@ func TestFilter(t *testing.T) {
 		{"clone a thread, high bits set", auditArch, unix.SYS_CLONE, thread | 1<<40, allow},
 		{"clone a process", auditArch, unix.SYS_CLONE, unix.CLONE_VM | uint64(unix.SIGCHLD), kill},
 		{"clone into a user namespace", auditArch, unix.SYS_CLONE, thread | unix.CLONE_NEWUSER, kill},
-		{"clone3", auditArch, unix.SYS_CLONE3, 0, enosys},
+		{"clone3", auditArch, unix.SYS_CLONE3, 0, nosys},
 		{"kill self", auditArch, unix.SYS_KILL, pid, allow},
 		{"kill another", auditArch, unix.SYS_KILL, 1, kill},
 		{"tgkill self", auditArch, unix.SYS_TGKILL, pid, allow},
@@ -130,6 +130,39 @@ func TestFilter(t *testing.T) {
 		}
 		if uint32(got) != tt.want {
 			t.Errorf("%s: %#x, want %#x", tt.name, got, tt.want)
+		}
+	}
+
+	// Every number the tree might mis-route: each one of the list is
+	// allowed, every other one kills.
+	allowed, cond, enosys := rules(pid)
+	want := map[uint32]uint32{}
+	for _, nr := range allowed {
+		want[nr] = allow
+	}
+	for _, nr := range enosys {
+		want[nr] = nosys
+	}
+	for _, c := range cond {
+		want[c.nr] = allow // with the argument that passes
+	}
+	for nr := uint32(0); nr < 1024; nr++ {
+		w, ok := want[nr]
+		if !ok {
+			w = kill
+		}
+		arg := uint64(0)
+		for _, c := range cond {
+			if c.nr == nr {
+				arg = uint64(c.want)
+			}
+		}
+		got, err := vm.Run(seccompData(auditArch, nr, arg))
+		if err != nil {
+			t.Fatalf("system call %d: %v", nr, err)
+		}
+		if uint32(got) != w {
+			t.Errorf("system call %d: %#x, want %#x", nr, got, w)
 		}
 	}
 }
