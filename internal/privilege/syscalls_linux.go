@@ -33,9 +33,10 @@ var allowed = []uint32{
 	unix.SYS_SENDTO, unix.SYS_RECVFROM, unix.SYS_SENDMSG, unix.SYS_RECVMSG, unix.SYS_SENDMMSG, unix.SYS_RECVMMSG,
 
 	// Files: the metrics file replaced atomically (create, write, sync,
-	// chmod, rename; remove on failure) and reads of /proc/self.
+	// chmod, rename; remove on failure) and reads of /proc/self (files and
+	// directories: a process collector counts /proc/self/fd).
 	unix.SYS_OPENAT, unix.SYS_FSYNC, unix.SYS_FDATASYNC, unix.SYS_FCHMOD, unix.SYS_FCHMODAT, unix.SYS_RENAMEAT,
-	unix.SYS_RENAMEAT2, unix.SYS_UNLINKAT, unix.SYS_FTRUNCATE,
+	unix.SYS_RENAMEAT2, unix.SYS_UNLINKAT, unix.SYS_FTRUNCATE, unix.SYS_GETDENTS64,
 	// The journal's native protocol passes an entry too big for one
 	// datagram as a sealed memfd (SCM_RIGHTS over sendmsg).
 	unix.SYS_MEMFD_CREATE,
