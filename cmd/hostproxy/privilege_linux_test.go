@@ -232,16 +232,18 @@ func TestPrivilegeDropped(t *testing.T) {
 		checkTCP(t, host, "backend:")
 		p.stop(t, syscall.SIGTERM)
 	})
-	t.Run("missing user keeps uid 0", func(t *testing.T) {
+	t.Run("missing user keeps uid 0, drops the rest", func(t *testing.T) {
 		backend := tcpEcho(t, lo4, 0, "backend:")
 		var host netip.AddrPort
-		p := startOnFreePorts(t, spawn{bin: bin}, func() ([]string, string) {
+		// Started with supplementary groups, which go all the same.
+		setpriv := testenv.RequireCommand(t, "setpriv")
+		p := startOnFreePorts(t, spawn{bin: setpriv}, func() ([]string, string) {
 			host = netip.AddrPortFrom(lo4, freePort(t, lo4))
-			return append(engineArgs("tcp", host, backend), "-user", "hostproxy-no-such-user"), "0\n"
+			return append(append([]string{"--groups=1,2", "--", bin}, engineArgs("tcp", host, backend)...),
+				"-user", "hostproxy-no-such-user"), "0\n"
 		})
 		w := w
 		w.uid, w.gid = "0", "0"
-		w.groups = readStatusFile(t, "/proc/self/status")["Groups"]
 		checkThreads(t, p.cmd.Process.Pid, w)
 		checkTCP(t, host, "backend:")
 		p.stop(t, syscall.SIGTERM)

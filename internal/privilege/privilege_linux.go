@@ -85,6 +85,11 @@ func Drop(opts Options) (Result, error) {
 			}
 		}
 	}
+	if root {
+		if err := clearGroups(); err != nil {
+			return res, err
+		}
+	}
 	if target != nil {
 		if err := switchUser(target); err != nil {
 			return res, err
@@ -143,15 +148,21 @@ func eachThread(cgo bool, trap, a1, a2, a3 uintptr) error {
 	return nil
 }
 
-// switchUser clears the supplementary groups and switches the real,
-// effective and saved ids to a's, on every thread (the syscall package
-// does this for each of these calls, with or without cgo).
-func switchUser(a *account) error {
-	if setgroupsAllowed() {
-		if err := syscall.Setgroups([]int{}); err != nil {
-			return fmt.Errorf("drop privileges: clear the supplementary groups: %w", err)
-		}
+// clearGroups empties the supplementary groups of every thread (the
+// syscall package applies setgroups to all of them, with or without cgo).
+func clearGroups() error {
+	if !setgroupsAllowed() {
+		return nil
 	}
+	if err := syscall.Setgroups([]int{}); err != nil {
+		return fmt.Errorf("drop privileges: clear the supplementary groups: %w", err)
+	}
+	return nil
+}
+
+// switchUser switches the real, effective and saved ids to a's, on every
+// thread (as clearGroups).
+func switchUser(a *account) error {
 	if err := syscall.Setresgid(a.gid, a.gid, a.gid); err != nil {
 		return fmt.Errorf("drop privileges: switch to group %d of user %q: %w", a.gid, a.name, err)
 	}
