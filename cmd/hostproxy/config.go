@@ -125,7 +125,7 @@ func newFlags() *flags {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 0, "on SIGINT/SIGTERM let open connections finish for this `duration` (default 0 with docker-proxy's flags, 10s with -L)")
 	fs.StringVar(&f.logLevel, "log-level", defaultLogLevel, "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", defaultLogFormat, "log `format`: console or json")
-	fs.StringVar(&f.user, "user", defaultUser, "started as root, run as this `user` once the sockets exist (\"\" keeps the uid; capabilities are dropped either way)")
+	fs.StringVar(&f.user, "user", defaultUser, "started as root, run as this `user` (name, UID or UID:GID) once the sockets exist (\"\" keeps the uid; capabilities are dropped either way)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "confine the process to the system calls the relays make (a seccomp allow-list); -seccomp=false turns it off")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")

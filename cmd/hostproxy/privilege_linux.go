@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/hostproxy/hostproxy/internal/privilege"
 	"github.com/hostproxy/hostproxy/logging"
 )
@@ -18,8 +20,15 @@ func dropPrivileges(cfg *config, log *logging.Logger) error {
 		return err
 	}
 	if res.Kept != "" {
-		log.Warn("started as root, keeping the uid; every capability is dropped",
-			logging.String("reason", res.Kept), logging.Int("uid", res.UID))
+		// A -user given explicitly that cannot be used is worth a warning;
+		// the default missing (a minimal image without nobody) is not.
+		msg, fields := "started as root, keeping the uid; every capability is dropped",
+			[]zapcore.Field{logging.String("reason", res.Kept), logging.Int("uid", res.UID)}
+		if cfg.User != defaultUser {
+			log.Warn(msg, fields...)
+		} else {
+			log.Info(msg, fields...)
+		}
 	}
 	log.Debug("privileges dropped", logging.Int("uid", res.UID), logging.Int("gid", res.GID),
 		logging.String("switched", fmt.Sprint(res.Switched)), logging.Int("seccomp_allowed", res.Filter))

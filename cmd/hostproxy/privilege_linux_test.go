@@ -232,6 +232,20 @@ func TestPrivilegeDropped(t *testing.T) {
 		checkTCP(t, host, "backend:")
 		p.stop(t, syscall.SIGTERM)
 	})
+	t.Run("-user UID:GID", func(t *testing.T) {
+		backend := tcpEcho(t, lo4, 0, "backend:")
+		var host netip.AddrPort
+		p := startOnFreePorts(t, spawn{bin: bin}, func() ([]string, string) {
+			host = netip.AddrPortFrom(lo4, freePort(t, lo4))
+			return append(engineArgs("tcp", host, backend), "-user", "12345:23456"), "0\n"
+		})
+		w := w
+		w.uid, w.gid = "12345", "23456"
+		checkThreads(t, p.cmd.Process.Pid, w)
+		checkTCP(t, host, "backend:")
+		p.stop(t, syscall.SIGTERM)
+		p.quiet(t)
+	})
 	t.Run("missing user keeps uid 0, drops the rest", func(t *testing.T) {
 		backend := tcpEcho(t, lo4, 0, "backend:")
 		var host netip.AddrPort

@@ -9,8 +9,8 @@ package privilege
 
 // Options says what Drop keeps and installs.
 type Options struct {
-	// User is the account to switch to when started as root (a name in
-	// /etc/passwd). Empty keeps the uid. A user that is missing, or whose
+	// User is the account to switch to when started as root: a name in
+	// /etc/passwd, or "UID" or "UID:GID". Empty keeps the uid. A user that is missing, or whose
 	// uid or gid has no mapping in the process's user namespace, keeps the
 	// uid and gid; everything else is still dropped (Result.Kept says why).
 	User string

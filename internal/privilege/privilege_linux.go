@@ -238,14 +238,16 @@ type account struct {
 // lookupAccount finds name in /etc/passwd and checks that its ids are
 // mapped in this user namespace. On failure it returns why the uid is kept.
 func lookupAccount(name string) (*account, string) {
-	f, err := os.Open("/etc/passwd")
-	if err != nil {
-		return nil, fmt.Sprintf("user %q: %v", name, err)
-	}
-	defer f.Close()
-	a, err := findAccount(f, name)
-	if err != nil {
-		return nil, err.Error()
+	a, ok := numericAccount(name)
+	if !ok {
+		f, err := os.Open("/etc/passwd")
+		if err != nil {
+			return nil, fmt.Sprintf("user %q: %v", name, err)
+		}
+		defer f.Close()
+		if a, err = findAccount(f, name); err != nil {
+			return nil, err.Error()
+		}
 	}
 	for _, m := range []struct {
 		path string
@@ -261,6 +263,21 @@ func lookupAccount(name string) (*account, string) {
 		}
 	}
 	return a, ""
+}
+
+// numericAccount parses "UID" (the group is the same number) or "UID:GID",
+// for a host without the user in /etc/passwd.
+func numericAccount(s string) (*account, bool) {
+	us, gs, hasGID := strings.Cut(s, ":")
+	if !hasGID {
+		gs = us
+	}
+	uid, err1 := strconv.ParseUint(us, 10, 32)
+	gid, err2 := strconv.ParseUint(gs, 10, 32)
+	if err1 != nil || err2 != nil || uid == 1<<32-1 || gid == 1<<32-1 { // -1 means "unchanged" to setresuid
+		return nil, false
+	}
+	return &account{name: s, uid: int(uid), gid: int(gid)}, true
 }
 
 // findAccount parses passwd lines (name:password:uid:gid:gecos:home:shell)

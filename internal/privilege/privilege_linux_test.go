@@ -36,6 +36,27 @@ func TestFindAccount(t *testing.T) {
 	}
 }
 
+func TestNumericAccount(t *testing.T) {
+	for _, tt := range []struct {
+		in       string
+		uid, gid int
+		ok       bool
+	}{
+		{"65534", 65534, 65534, true},
+		{"1000:100", 1000, 100, true},
+		{"0", 0, 0, true},
+		{"4294967295", 0, 0, false}, // -1: "unchanged" to setresuid
+		{"1000:", 0, 0, false},
+		{"nobody", 0, 0, false},
+		{"-1", 0, 0, false},
+	} {
+		a, ok := numericAccount(tt.in)
+		if ok != tt.ok || ok && (a.uid != tt.uid || a.gid != tt.gid) {
+			t.Errorf("numericAccount(%q) = %+v, %v; want %d:%d, %v", tt.in, a, ok, tt.uid, tt.gid, tt.ok)
+		}
+	}
+}
+
 func TestIDMapped(t *testing.T) {
 	const rootless = "         0       1000          1\n         1     100000      65536\n"
 	for _, tt := range []struct {
