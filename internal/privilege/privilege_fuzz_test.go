@@ -8,14 +8,21 @@ import (
 )
 
 // FuzzFindAccount: any /etc/passwd content yields an account with the
-// name asked for and ids from its line, or an error of one line.
+// name asked for and ids from its line, or an error of one line; a numeric
+// -user gives ids setresuid takes as such (never -1, "unchanged").
 func FuzzFindAccount(f *testing.F) {
 	f.Add("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", "nobody")
 	f.Add("nobody:x:-1:65534::/:\n", "nobody")
 	f.Add("nobody:x:4294967296:1\n", "nobody")
 	f.Add("nobody:x:1\n", "nobody")
 	f.Add("", "nobody")
+	f.Add("", "65534:65534")
 	f.Fuzz(func(t *testing.T, passwd, name string) {
+		if n, ok := numericAccount(name); ok {
+			if n.uid < 0 || n.gid < 0 || n.uid >= 1<<32-1 || n.gid >= 1<<32-1 {
+				t.Fatalf("%q: ids %d:%d", name, n.uid, n.gid)
+			}
+		}
 		a, err := findAccount(strings.NewReader(passwd), name)
 		if err != nil {
 			if strings.ContainsRune(err.Error(), '\n') {
