@@ -195,6 +195,9 @@ func TestBindSamePortEverywhere(t *testing.T) {
 func TestBindSkipsPortHeldElsewhere(t *testing.T) {
 	for _, proto := range []sockopt.Proto{sockopt.TCP, sockopt.UDP} {
 		t.Run(proto.String(), func(t *testing.T) {
+			if proto == sockopt.TCP {
+				testenv.RequireNetAdmin(t) // the allocator's TCP probe attaches a filter
+			}
 			ips := []netip.Addr{lo4}
 			p := freeRun(t, proto, ips, 3)
 			hold(t, proto, lo4, p)
@@ -224,6 +227,9 @@ func TestBindExplicitPortHeldElsewhere(t *testing.T) {
 	for _, proto := range []sockopt.Proto{sockopt.TCP, sockopt.UDP} {
 		for _, heldOn := range []netip.Addr{lo4, lo4b} {
 			t.Run(fmt.Sprintf("%s/held on %s", proto, heldOn), func(t *testing.T) {
+				if proto == sockopt.TCP {
+					testenv.RequireNetAdmin(t) // the allocator's TCP probe attaches a filter
+				}
 				ips := []netip.Addr{lo4, lo4b}
 				p := freeRun(t, proto, ips, 1)
 				hold(t, proto, heldOn, p)
@@ -353,6 +359,7 @@ func TestBindEach(t *testing.T) {
 // TestBindDropAll: Bind passes the filter option on; the socket stays silent
 // until the filter is detached.
 func TestBindDropAll(t *testing.T) {
+	testenv.RequireNetAdmin(t)
 	a := kernelAllocator(t)
 	b, err := a.Bind(alloc.Request{Proto: sockopt.TCP, Addrs: []netip.Addr{lo4}}, sockopt.Options{DropAll: true})
 	if err != nil {
@@ -377,6 +384,7 @@ func TestBindDropAll(t *testing.T) {
 // TestConcurrentBind binds from several goroutines at once: no port is handed
 // out twice, and every socket really is bound.
 func TestConcurrentBind(t *testing.T) {
+	testenv.RequireNetAdmin(t)
 	a := kernelAllocator(t)
 	done := leakCheck(t, a)
 	const workers, each = 6, 15

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -22,6 +23,7 @@ const patience = 10 * time.Second
 // listening socket does not complete; after DetachFilter a connect does, and
 // the same socket accepts it (and only it).
 func TestFilterTCP(t *testing.T) {
+	testenv.RequireNetAdmin(t)
 	needIPv6(t)
 	for _, ip := range []netip.Addr{loop4, loop6} {
 		t.Run(ip.String(), func(t *testing.T) {

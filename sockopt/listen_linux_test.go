@@ -172,6 +172,9 @@ func TestListenErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.proto == sockopt.TCP && tt.addr.IsValid() {
+				testenv.RequireNetAdmin(t) // the drop-all filter on a TCP socket
+			}
 			f, err := sockopt.Listen(tt.proto, tt.addr, sockopt.Options{DropAll: true})
 			if err == nil {
 				f.Close()

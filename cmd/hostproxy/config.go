@@ -47,6 +47,7 @@ const (
 	defaultUDPMaxFlows       = udp.DefaultMaxFlows
 	defaultCompatProtoString = "tcp"
 	defaultMetricsInterval   = 15 * time.Second
+	defaultUser              = "nobody"
 )
 
 // config is the validated command line.
@@ -78,6 +79,8 @@ type config struct {
 
 	MetricsFile     string        // "": no metrics file
 	MetricsInterval time.Duration // between two writes of MetricsFile
+	User            string        // -user: the account to run as once the sockets exist ("" keeps the uid)
+	Seccomp         bool          // -seccomp: install the system call allow-list
 }
 
 // Backend returns the container address host port p maps to.
@@ -107,6 +110,8 @@ type flags struct {
 	logTarget                                   string
 	metricsFile                                 string
 	metricsInterval                             time.Duration
+	user                                        string
+	seccomp                                     bool
 }
 
 func newFlags() *flags {
@@ -131,6 +136,8 @@ func newFlags() *flags {
 	fs.StringVar(&f.logTarget, "log-target", defaultLogTargetS, "where logs go, a `target`: stderr, journald (the systemd journal's native protocol) or auto (journald when stderr is the journal or /dev/null and the journal socket exists, else stderr)")
 	fs.StringVar(&f.metricsFile, "metrics-file", "", "write Prometheus metrics to this `file` (replaced atomically; node_exporter's textfile collector reads it)")
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval, "rewrite -metrics-file every `duration`, and at exit")
+	fs.StringVar(&f.user, "user", defaultUser, "started as root, run as this `user` (name, UID or UID:GID) once the sockets exist (\"\" keeps the uid; capabilities are dropped either way)")
+	fs.BoolVar(&f.seccomp, "seccomp", true, "confine the process to the system calls the relays make (a seccomp allow-list); -seccomp=false turns it off")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")
 	return f
@@ -163,6 +170,8 @@ func parseArgs(args []string) (*config, error) {
 
 		MetricsFile:     f.metricsFile,
 		MetricsInterval: f.metricsInterval,
+		User:            f.user,
+		Seccomp:         f.seccomp,
 	}
 	var err error
 	if c.LogLevel, err = logging.ParseLevel(f.logLevel); err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -126,6 +127,7 @@ func TestSignalRightAfterReady(t *testing.T) {
 	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGTERM, syscall.SIGINT} {
 		args := engineArgs("tcp", netip.AddrPortFrom(lo4, 0), backend)
 		if i%2 == 1 { // allocation mode too
+			testenv.RequireNetAdmin(t)
 			args = append(args, "-await-nat")
 		}
 		p := start(t, spawn{}, args...)
@@ -310,6 +312,9 @@ func TestAwaitNAT(t *testing.T) {
 			t.Run(proto+"/"+m.name, func(t *testing.T) {
 				if m.host.Is6() || m.container.Is6() {
 					requireIPv6(t)
+				}
+				if proto == "tcp" {
+					testenv.RequireNetAdmin(t)
 				}
 				t.Parallel()
 				backend := echo(t, proto, m.container, 0, "backend:")

@@ -98,13 +98,18 @@ type spawn struct {
 	fd3      *os.File   // fd 3 instead of a pipe (e.g. a regular file)
 	extra    []*os.File // fd 4, ...; closed in the parent after start
 	stderr   io.Writer  // instead of a buffer
+	bin      string     // the program instead of hostproxyBin's
 }
 
 // start runs hostproxy with args. It is killed at cleanup if still running.
 func start(t *testing.T, sp spawn, args ...string) *proc {
 	t.Helper()
 	p := &proc{args: args, stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(hostproxyBin(t), args...)
+	bin := sp.bin
+	if bin == "" {
+		bin = hostproxyBin(t)
+	}
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
 	if sp.stderr != nil {

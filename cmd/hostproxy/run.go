@@ -85,6 +85,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	sm.closeUnused(log)
 	s.sm = sm
+	if err := dropPrivileges(cfg, log); err != nil {
+		s.closeAll()
+		return startFailed(st, stderr, err)
+	}
 	// The handlers are in place before any status is written: an engine
 	// may signal the instant it reads "0\n". They are installed only now,
 	// after the set-up: os/signal's first Notify starts a goroutine, which

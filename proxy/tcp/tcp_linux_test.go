@@ -188,6 +188,7 @@ func TestMappedBackend(t *testing.T) {
 // TestBlackHoleBackend: the backend socket drops every SYN, so only the dial
 // timeout ends the dial.
 func TestBlackHoleBackend(t *testing.T) {
+	testenv.RequireNetAdmin(t)
 	const timeout = 300 * time.Millisecond
 	hole := listenFile(t, lo4, sockopt.Options{DropAll: true})
 	be := fileAddr(t, hole)
