@@ -100,8 +100,14 @@ func Drop(opts Options) (Result, error) {
 	if opts.KeepNetAdmin && held && capHas(caps, capNetAdmin, false) {
 		keep = 1 << capNetAdmin
 	}
-	if err := capSetAll(cgo, keep); err != nil {
-		return res, err
+	// A process that holds no capability at all (a systemd unit's
+	// DynamicUser, say) skips capset, which a unit's SystemCallFilter
+	// may forbid.
+	none := caps[0].Inheritable|caps[1].Inheritable == 0 && !held
+	if !none {
+		if err := capSetAll(cgo, keep); err != nil {
+			return res, err
+		}
 	}
 	if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); err != nil &&
 		!errors.Is(err, unix.EINVAL) { // EINVAL: a kernel before ambient capabilities
