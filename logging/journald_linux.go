@@ -30,6 +30,7 @@ type journalCore struct {
 type journalSocket struct {
 	fd   int
 	addr *unix.SockaddrUnix
+	to   unix.Sockaddr // addr, or nil once the socket is connected to it
 }
 
 // NewJournalCore returns a core sending entries at level and above to the
@@ -46,9 +47,18 @@ func NewJournalCore(path string, level zapcore.LevelEnabler, fallback zapcore.Co
 	// Entries up to 8 MiB go in one datagram when the kernel allows; the
 	// send buffer bounds the datagram size of an AF_UNIX socket.
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 8<<20)
+	sock := &journalSocket{fd: fd, addr: &unix.SockaddrUnix{Name: path}}
+	sock.to = sock.addr
+	// Connected now, the socket keeps the right to send after hostproxy
+	// drops its privileges (a connected socket's sends are not checked
+	// against the path's permissions again). When connect fails the
+	// entries are sent to the address.
+	if unix.Connect(fd, sock.addr) == nil {
+		sock.to = nil
+	}
 	return &journalCore{
 		LevelEnabler: level,
-		sock:         &journalSocket{fd: fd, addr: &unix.SockaddrUnix{Name: path}},
+		sock:         sock,
 		ident:        JournalIdentifier,
 		fallback:     fallback,
 	}, nil
@@ -100,7 +110,7 @@ func (c *journalCore) Sync() error { return nil }
 // send sends one entry: as a datagram, or in a memfd when it is too large
 // for one.
 func (s *journalSocket) send(entry []byte) error {
-	err := unix.Sendto(s.fd, entry, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, s.addr)
+	err := unix.Sendto(s.fd, entry, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, s.to)
 	if errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.ENOBUFS) {
 		err = s.sendMemfd(entry)
 	}
@@ -129,7 +139,7 @@ func (s *journalSocket) sendMemfd(entry []byte) error {
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
 		return fmt.Errorf("seal memfd: %w", err)
 	}
-	if err := unix.Sendmsg(s.fd, nil, unix.UnixRights(fd), s.addr, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL); err != nil {
+	if err := unix.Sendmsg(s.fd, nil, unix.UnixRights(fd), s.to, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL); err != nil {
 		return fmt.Errorf("sendmsg memfd: %w", err)
 	}
 	return nil

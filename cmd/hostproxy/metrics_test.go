@@ -63,7 +63,7 @@ func waitMetrics(t *testing.T, path, what string, cond func(map[string]float64) 
 func startUDPMetrics(t *testing.T, interval string) (*proc, netip.AddrPort, string, string) {
 	t.Helper()
 	backend := udpEcho(t, lo4, 0, "u:")
-	path := filepath.Join(t.TempDir(), "hostproxy.prom")
+	path := filepath.Join(metricsDir(t), "hostproxy.prom")
 	var port uint16
 	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
 		port = freePort(t, lo4)
@@ -206,7 +206,7 @@ func TestMetricsFileAtExit(t *testing.T) {
 // interval stop the start with one line, exit 1.
 func TestMetricsBadInput(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := metricsDir(t)
 	file := filepath.Join(dir, "file")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -310,7 +310,7 @@ func nodeExporter(t *testing.T, dir string) (string, *testenv.Buffer) {
 // error, no series collected twice, the counters under their labels.
 func TestMetricsNodeExporter(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := metricsDir(t)
 	var addrs [2]netip.AddrPort
 	for i := range addrs {
 		backend := udpEcho(t, lo4, 0, "u:")
@@ -359,7 +359,7 @@ func TestMetricsNodeExporter(t *testing.T) {
 func TestMetricsFileCompat(t *testing.T) {
 	t.Parallel()
 	backend := udpEcho(t, lo4, 0, "u:")
-	path := filepath.Join(t.TempDir(), "compat.prom")
+	path := filepath.Join(metricsDir(t), "compat.prom")
 	var port uint16
 	p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
 		port = freePort(t, lo4)
@@ -383,4 +383,18 @@ func TestMetricsFileCompat(t *testing.T) {
 		t.Errorf("file at exit: %v datagrams down, want at least 1", got)
 	}
 	p.quiet(t)
+}
+
+// metricsDir returns a new directory the metrics file can be written to
+// after hostproxy, started as root, has switched to -user (nobody): as an
+// operator would, the test makes it writable for that user.
+func metricsDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

@@ -18,6 +18,7 @@ const NotifyEnv = "NOTIFY_SOCKET"
 type Notifier struct {
 	fd   int
 	addr *unix.SockaddrUnix
+	to   unix.Sockaddr // addr, or nil once the socket is connected to it
 }
 
 // NewNotifier reads and unsets $NOTIFY_SOCKET. It returns nil and no error
@@ -41,7 +42,16 @@ func NewNotifier() (*Notifier, error) {
 		return nil, fmt.Errorf("%s=%q: socket: %w", NotifyEnv, addr, err)
 	}
 	// x/sys/unix turns a leading "@" into the abstract namespace's NUL.
-	return &Notifier{fd: fd, addr: &unix.SockaddrUnix{Name: addr}}, nil
+	n := &Notifier{fd: fd, addr: &unix.SockaddrUnix{Name: addr}}
+	n.to = n.addr
+	// Connected now, the socket keeps the right to send after hostproxy
+	// drops its privileges: the path's permissions are checked at connect
+	// (and at every sendto to an address), not at a send on a connected
+	// socket. When connect fails the notifications are sent to the address.
+	if unix.Connect(fd, n.addr) == nil {
+		n.to = nil
+	}
+	return n, nil
 }
 
 // Notify sends state, one or more newline-separated assignments such as
@@ -52,7 +62,7 @@ func (n *Notifier) Notify(state string) error {
 	if n == nil {
 		return nil
 	}
-	if err := unix.Sendto(n.fd, []byte(state), unix.MSG_DONTWAIT, n.addr); err != nil {
+	if err := unix.Sendto(n.fd, []byte(state), unix.MSG_DONTWAIT, n.to); err != nil {
 		return fmt.Errorf("sd_notify %q to %s: %w", state, n.addr.Name, err)
 	}
 	return nil
