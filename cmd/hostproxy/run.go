@@ -480,11 +480,11 @@ func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
 	req := alloc.Request{
 		Proto: cfg.Proto,
 		Addrs: cfg.HostIPs,
-		Range: alloc.Range{First: cfg.HostPorts.First, Last: cfg.HostPorts.Last},
+		Range: cfg.HostPorts,
 	}
 	opts := sockopt.Options{DropAll: cfg.AwaitNAT}
 	var bindings []*alloc.Binding
-	if cfg.ContainerPort.Single() {
+	if cfg.ContainerPort.First == cfg.ContainerPort.Last {
 		b, err := a.Bind(req, opts)
 		if err != nil {
 			return nil, "", fmt.Errorf("allocate a %s port on %s: %w", cfg.Proto, addrList(cfg.HostIPs), err)
@@ -598,10 +598,10 @@ func listenForward(fw forward, g *group, sm *serviceManager) error {
 		binds, implicit = loopbacks, true
 	}
 	for i := 0; i < fw.Ports.Len(); i++ {
-		backend := netip.AddrPortFrom(target, fw.TPorts.At(i))
+		backend := netip.AddrPortFrom(target, fw.TPorts.First+uint16(i))
 		listened := 0
 		for _, b := range binds {
-			host := netip.AddrPortFrom(b, fw.Ports.At(i))
+			host := netip.AddrPortFrom(b, fw.Ports.First+uint16(i))
 			f, err := sm.listen(fw.Proto, host)
 			if err != nil {
 				if implicit && b.Is6() && noIPv6(err) {
