@@ -21,7 +21,7 @@ var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAd
 // startForwarder binds every -L mapping. It fails whole: one mapping that
 // cannot start closes the others. The sockets of all the mappings of one
 // protocol are served together, as one range (see addGroup): 100 -L flags
-// cost one goroutine and one epoll set, as one -L of 100 ports does.
+// cost what one -L of 100 ports does, one proxy per protocol.
 func startForwarder(cfg *config, log *logging.Logger, sm *serviceManager) (*server, error) {
 	s := &server{cfg: cfg, log: log}
 	var groups []group // one per protocol, in the order of the first -L of each

@@ -87,9 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// may signal the instant it reads "0\n". They are installed only now,
 	// after the set-up: os/signal's first Notify starts a goroutine, which
 	// wakes a second P (GOMAXPROCS > 1), and any set-up work that then runs
-	// there allocates from that P's own heap spans and stack cache. Done
-	// last, it keeps about 80 KiB of private memory out of every idle
-	// process. A stop signal during the set-up ends the process by the
+	// there allocates from that P's own heap spans and stack cache, which
+	// stay in the private memory of the idle process. A stop signal during the set-up ends the process by the
 	// signal's default action, as it does docker-proxy before it is ready.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, stopSignals...)
@@ -223,10 +222,12 @@ func (g *group) add(f *os.File, frontend, backend netip.AddrPort) {
 	g.backends = append(g.backends, backend)
 }
 
-// addGroup serves the sockets of g with one proxy for all of them
-// (tcp.NewRange, udp.NewRange, sctp.NewRange: one accept or event goroutine
-// and one epoll set). The proxies have their own descriptors: the caller
-// closes the files.
+// addGroup serves the sockets of g with one proxy for all of them. On
+// Linux that is tcp.NewRange (the proxy's event loops, at most one per P,
+// each with an epoll set holding every socket), udp.NewRange (one event
+// loop: a goroutine and an epoll set) or sctp.NewRange (one accept
+// goroutine and one epoll set). The proxies have their own descriptors: the
+// caller closes the files.
 func (s *server) addGroup(g group) error {
 	if len(g.files) <= 1 {
 		for i, f := range g.files {
@@ -310,8 +311,10 @@ func (s *server) serve() {
 	}
 }
 
-// run serves proxy i and reports how it ended. Its frame is small, because
-// a goroutine per mapping idles in it (see tcp.Proxy's accept loop).
+// run serves proxy i and reports how it ended; serve starts it in a
+// goroutine of its own per proxy (a range of mappings is one proxy), which
+// stays in Serve for the life of the process. Its frame is kept small:
+// ended, which formats the error, is out of line.
 func (s *server) run(i int) {
 	s.errc <- s.ended(i, s.proxies[i].Serve(context.Background()))
 }
