@@ -82,8 +82,8 @@ func (r *relay) pipe(dst, src *net.TCPConn, n *int64, done chan<- struct{}) int6
 
 // copyStream copies src to dst until src reports EOF, then half-closes dst
 // (CloseWrite sends the FIN on). Both are *net.TCPConn with nothing wrapped
-// around them, so dst.ReadFrom moves the bytes with splice(2) on Linux,
-// through a pipe from the runtime's pool, without copying them to user space.
+// around them, so dst.ReadFrom moves the bytes in the kernel where Go's
+// runtime can on this platform, and through a buffer otherwise.
 //
 // It returns the bytes written and the first error, which is nil only when
 // src ended with a clean EOF and the FIN was queued on dst.

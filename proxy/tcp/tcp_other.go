@@ -59,14 +59,10 @@ type Proxy struct {
 
 // port is one listening socket of a Proxy and where its connections go.
 type port struct {
-	// ln is the listening socket. A range on Linux keeps its sockets as
-	// bare non-blocking descriptors instead (ln nil, fd and listen set),
-	// watched only by the range's epoll set: a net.TCPListener per socket
-	// would put every one of them in Go's netpoller too, at about 1 KiB of
-	// memory each that a range of 100 ports never gives back.
+	// ln is the listening socket, accepted on by a goroutine of its own.
 	ln          *net.TCPListener
-	fd          int            // a range's socket on Linux; owned by its poller
-	listen      netip.AddrPort // fd's address
+	fd          int            // always -1 on this platform (no poller owns a socket)
+	listen      netip.AddrPort // unset on this platform: addr asks ln
 	backend     netip.AddrPort // unmapped
 	backendAddr string         // backend.String(), formatted once
 	backendErr  error          // non-nil when the backend is unusable
@@ -98,9 +94,8 @@ func (pt *port) addr() net.Addr {
 // so the caller may (and should) close f afterwards. It fails when f is not a
 // listening TCP socket or cfg.Backend is not a usable address.
 //
-// On Linux, Close and Shutdown stop the socket itself from listening
-// (shutdown(2)), so the port stops accepting even if another descriptor
-// for it, such as f, is still open.
+// On this platform Close and Shutdown close the proxy's descriptor only:
+// the port stops accepting once the caller has closed f too.
 func New(f *os.File, cfg Config) (*Proxy, error) {
 	if f == nil {
 		return nil, errors.New("tcp proxy: nil listening socket")
@@ -134,8 +129,7 @@ func fileListener(f *os.File) (*net.TCPListener, error) {
 }
 
 // NewRange returns one Proxy serving the socket of every mapping, each
-// relayed to its own backend, with one goroutine accepting on all of them
-// (on Linux: an epoll set of the sockets; elsewhere a goroutine per socket).
+// relayed to its own backend, with one goroutine accepting on each socket.
 // Like New, it duplicates the files, which the caller closes afterwards, and
 // fails when one is not a listening TCP socket or a backend is unusable;
 // cfg.Backend is not used. Serve, Close and Shutdown act on every socket at
