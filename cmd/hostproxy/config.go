@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/hostproxy/hostproxy/alloc"
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy/udp"
 	"github.com/hostproxy/hostproxy/sockopt"
@@ -59,9 +60,9 @@ type config struct {
 	// Engine modes (compat and allocation).
 	Proto         sockopt.Proto
 	HostIPs       []netip.Addr
-	HostPorts     portRange // {0,0}: the ephemeral range (allocation)
+	HostPorts     alloc.Range // {0,0}: the ephemeral range (allocation)
 	ContainerIP   netip.Addr
-	ContainerPort portRange
+	ContainerPort alloc.Range
 	UseListenFD   bool
 	AwaitNAT      bool
 
@@ -85,7 +86,7 @@ type config struct {
 
 // Backend returns the container address host port p maps to.
 func (c *config) Backend(p uint16) netip.AddrPort {
-	if c.ContainerPort.Single() {
+	if c.ContainerPort.First == c.ContainerPort.Last {
 		return netip.AddrPortFrom(c.ContainerIP, c.ContainerPort.First)
 	}
 	return netip.AddrPortFrom(c.ContainerIP, c.ContainerPort.First+(p-c.HostPorts.First))
@@ -255,7 +256,7 @@ func (c *config) parseEngine(f *flags) error {
 	case "":
 		return errors.New("missing -host-port")
 	case "0":
-		c.HostPorts = portRange{}
+		c.HostPorts = alloc.Range{}
 	default:
 		if c.HostPorts, err = parsePortRange(f.hostPort); err != nil {
 			return fmt.Errorf("-host-port: %w", err)
@@ -276,7 +277,7 @@ func (c *config) parseEngine(f *flags) error {
 	if c.ContainerPort, err = parsePortRange(f.containerPort); err != nil {
 		return fmt.Errorf("-container-port: %w", err)
 	}
-	if !c.ContainerPort.Single() && c.ContainerPort.Len() != c.HostPorts.Len() {
+	if c.ContainerPort.First != c.ContainerPort.Last && c.ContainerPort.Len() != c.HostPorts.Len() {
 		if c.HostPorts.First == 0 {
 			return fmt.Errorf("-container-port %s is a range: -host-port must be a range of the same length, not 0", c.ContainerPort)
 		}
@@ -286,7 +287,7 @@ func (c *config) parseEngine(f *flags) error {
 	c.UseListenFD, c.AwaitNAT = f.useListenFD, f.awaitNAT
 
 	c.Mode = modeCompat
-	if len(c.HostIPs) > 1 || c.HostPorts.First == 0 || !c.HostPorts.Single() || c.AwaitNAT {
+	if len(c.HostIPs) > 1 || c.HostPorts.First == 0 || c.HostPorts.First != c.HostPorts.Last || c.AwaitNAT {
 		c.Mode = modeAllocate
 	}
 	if c.UseListenFD && c.Mode == modeAllocate {

@@ -7,32 +7,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hostproxy/hostproxy/alloc"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
 // This file holds the pure parsers of the command line: ports, port ranges and
 // -L forwarding specs. None of them touches the network.
-
-// portRange is an inclusive range of ports, First <= Last. A single port N is
-// {N, N}.
-type portRange struct{ First, Last uint16 }
-
-// Len returns the number of ports in r.
-func (r portRange) Len() int { return int(r.Last) - int(r.First) + 1 }
-
-// Single reports whether r holds exactly one port.
-func (r portRange) Single() bool { return r.First == r.Last }
-
-// At returns the i-th port of r (0 <= i < r.Len()).
-func (r portRange) At(i int) uint16 { return r.First + uint16(i) }
-
-// String returns "N" or "A-B".
-func (r portRange) String() string {
-	if r.Single() {
-		return strconv.Itoa(int(r.First))
-	}
-	return fmt.Sprintf("%d-%d", r.First, r.Last)
-}
 
 // parsePort parses a decimal port in 1-65535. Signs, spaces and other bases
 // are rejected.
@@ -52,33 +32,36 @@ func parsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-// parsePortRange parses "N" or "A-B" with 1 <= A <= B <= 65535.
-func parsePortRange(s string) (portRange, error) {
+// parsePortRange parses "N" or "A-B" with 1 <= A <= B <= 65535 into an
+// alloc.Range ({N, N} for one port). Unlike alloc.ParseRange it rejects
+// "0": only -host-port 0 means the ephemeral range, and parseEngine takes
+// that case before parsing. Its errors are the command line's one-liners.
+func parsePortRange(s string) (alloc.Range, error) {
 	first, last, isRange := strings.Cut(s, "-")
 	if !isRange {
 		p, err := parsePort(s)
 		if err != nil {
-			return portRange{}, err
+			return alloc.Range{}, err
 		}
-		return portRange{p, p}, nil
+		return alloc.Range{First: p, Last: p}, nil
 	}
 	if first == "" {
 		// "-1" is a negative number to a reader, not a range missing its
 		// start: say so.
-		return portRange{}, fmt.Errorf("port %q out of range 1-65535", s)
+		return alloc.Range{}, fmt.Errorf("port %q out of range 1-65535", s)
 	}
 	a, err := parsePort(first)
 	if err != nil {
-		return portRange{}, fmt.Errorf("port range %q: %w", s, err)
+		return alloc.Range{}, fmt.Errorf("port range %q: %w", s, err)
 	}
 	b, err := parsePort(last)
 	if err != nil {
-		return portRange{}, fmt.Errorf("port range %q: %w", s, err)
+		return alloc.Range{}, fmt.Errorf("port range %q: %w", s, err)
 	}
 	if a > b {
-		return portRange{}, fmt.Errorf("port range %q is reversed (%d > %d)", s, a, b)
+		return alloc.Range{}, fmt.Errorf("port range %q is reversed (%d > %d)", s, a, b)
 	}
-	return portRange{a, b}, nil
+	return alloc.Range{First: a, Last: b}, nil
 }
 
 // parseAddr parses an IP address literal, with or without brackets; an
@@ -103,10 +86,10 @@ func parseAddr(s string) (netip.Addr, error) {
 //	[BIND:]PORT[-END]:TARGET:TPORT[-TEND][/tcp|/udp|/sctp]
 type forward struct {
 	Proto  sockopt.Proto
-	Bind   netip.Addr // invalid: loopback (127.0.0.1 and ::1)
-	Ports  portRange  // listening ports
-	Target string     // IP literal (without brackets) or host name
-	TPorts portRange  // target ports, same length as Ports
+	Bind   netip.Addr  // invalid: loopback (127.0.0.1 and ::1)
+	Ports  alloc.Range // listening ports
+	Target string      // IP literal (without brackets) or host name
+	TPorts alloc.Range // target ports, same length as Ports
 }
 
 // String formats f back in -L syntax, with every part explicit but Bind.

@@ -51,7 +51,7 @@ func FuzzParseArgs(f *testing.F) {
 				c.HostPorts.First > c.HostPorts.Last || c.ContainerPort.First > c.ContainerPort.Last {
 				t.Fatalf("%q: invalid engine mapping accepted: %+v", args, c)
 			}
-			if c.Mode == modeCompat && (len(c.HostIPs) != 1 || !c.HostPorts.Single() || c.HostPorts.First == 0) {
+			if c.Mode == modeCompat && (len(c.HostIPs) != 1 || c.HostPorts.First != c.HostPorts.Last || c.HostPorts.First == 0) {
 				t.Fatalf("%q: compat mode with %v ports %v", args, c.HostIPs, c.HostPorts)
 			}
 		default:

@@ -5,35 +5,36 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hostproxy/hostproxy/alloc"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
 func TestParsePortRange(t *testing.T) {
 	for _, tt := range []struct {
 		in      string
-		want    portRange
+		want    alloc.Range
 		wantErr string // substring; "" means success
 	}{
-		{"80", portRange{80, 80}, ""},
-		{"1", portRange{1, 1}, ""},
-		{"65535", portRange{65535, 65535}, ""},
-		{"080", portRange{80, 80}, ""},
-		{"8000-8100", portRange{8000, 8100}, ""},
-		{"5-5", portRange{5, 5}, ""},
-		{"", portRange{}, "empty"},
-		{"0", portRange{}, "out of range"},
-		{"65536", portRange{}, "out of range"},
-		{"99999999999999999999", portRange{}, "out of range"},
-		{"-1", portRange{}, "out of range"},
-		{"+80", portRange{}, "not a number"},
-		{"abc", portRange{}, "not a number"},
-		{" 80", portRange{}, "not a number"},
-		{"0x50", portRange{}, "not a number"},
-		{"10-5", portRange{}, "reversed"},
-		{"0-10", portRange{}, "out of range"},
-		{"10-", portRange{}, "empty"},
-		{"1-2-3", portRange{}, "not a number"},
-		{"1-65536", portRange{}, "out of range"},
+		{"80", alloc.Range{First: 80, Last: 80}, ""},
+		{"1", alloc.Range{First: 1, Last: 1}, ""},
+		{"65535", alloc.Range{First: 65535, Last: 65535}, ""},
+		{"080", alloc.Range{First: 80, Last: 80}, ""},
+		{"8000-8100", alloc.Range{First: 8000, Last: 8100}, ""},
+		{"5-5", alloc.Range{First: 5, Last: 5}, ""},
+		{"", alloc.Range{}, "empty"},
+		{"0", alloc.Range{}, "out of range"},
+		{"65536", alloc.Range{}, "out of range"},
+		{"99999999999999999999", alloc.Range{}, "out of range"},
+		{"-1", alloc.Range{}, "out of range"},
+		{"+80", alloc.Range{}, "not a number"},
+		{"abc", alloc.Range{}, "not a number"},
+		{" 80", alloc.Range{}, "not a number"},
+		{"0x50", alloc.Range{}, "not a number"},
+		{"10-5", alloc.Range{}, "reversed"},
+		{"0-10", alloc.Range{}, "out of range"},
+		{"10-", alloc.Range{}, "empty"},
+		{"1-2-3", alloc.Range{}, "not a number"},
+		{"1-65536", alloc.Range{}, "out of range"},
 	} {
 		got, err := parsePortRange(tt.in)
 		if tt.wantErr == "" {
@@ -55,7 +56,7 @@ func FuzzParsePortRange(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		r, err := parsePortRange(s)
 		if err != nil {
-			if r != (portRange{}) {
+			if r != (alloc.Range{}) {
 				t.Fatalf("%q: error %v with a non-zero range %v", s, err, r)
 			}
 			if strings.ContainsRune(err.Error(), '\n') {
@@ -85,13 +86,13 @@ func TestParseForward(t *testing.T) {
 		want    forward
 		wantErr string
 	}{
-		{"8080:127.0.0.1:80", forward{sockopt.TCP, netip.Addr{}, portRange{8080, 8080}, "127.0.0.1", portRange{80, 80}}, ""},
-		{"127.0.0.1:8080:10.0.0.2:80/tcp", forward{sockopt.TCP, v4lo, portRange{8080, 8080}, "10.0.0.2", portRange{80, 80}}, ""},
-		{"[::1]:8080:[fd00::2]:80", forward{sockopt.TCP, v6lo, portRange{8080, 8080}, "fd00::2", portRange{80, 80}}, ""},
-		{"[::]:53:[fd00::53]:53/udp", forward{sockopt.UDP, netip.IPv6Unspecified(), portRange{53, 53}, "fd00::53", portRange{53, 53}}, ""},
-		{"0.0.0.0:9000-9009:db.internal:5000-5009/UDP", forward{sockopt.UDP, netip.IPv4Unspecified(), portRange{9000, 9009}, "db.internal", portRange{5000, 5009}}, ""},
-		{"localhost:38412:localhost:38412/sctp", forward{sockopt.SCTP, netip.Addr{}, portRange{38412, 38412}, "localhost", portRange{38412, 38412}}, ""},
-		{"[::ffff:127.0.0.1]:80:127.0.0.1:81", forward{sockopt.TCP, v4lo, portRange{80, 80}, "127.0.0.1", portRange{81, 81}}, ""},
+		{"8080:127.0.0.1:80", forward{sockopt.TCP, netip.Addr{}, alloc.Range{First: 8080, Last: 8080}, "127.0.0.1", alloc.Range{First: 80, Last: 80}}, ""},
+		{"127.0.0.1:8080:10.0.0.2:80/tcp", forward{sockopt.TCP, v4lo, alloc.Range{First: 8080, Last: 8080}, "10.0.0.2", alloc.Range{First: 80, Last: 80}}, ""},
+		{"[::1]:8080:[fd00::2]:80", forward{sockopt.TCP, v6lo, alloc.Range{First: 8080, Last: 8080}, "fd00::2", alloc.Range{First: 80, Last: 80}}, ""},
+		{"[::]:53:[fd00::53]:53/udp", forward{sockopt.UDP, netip.IPv6Unspecified(), alloc.Range{First: 53, Last: 53}, "fd00::53", alloc.Range{First: 53, Last: 53}}, ""},
+		{"0.0.0.0:9000-9009:db.internal:5000-5009/UDP", forward{sockopt.UDP, netip.IPv4Unspecified(), alloc.Range{First: 9000, Last: 9009}, "db.internal", alloc.Range{First: 5000, Last: 5009}}, ""},
+		{"localhost:38412:localhost:38412/sctp", forward{sockopt.SCTP, netip.Addr{}, alloc.Range{First: 38412, Last: 38412}, "localhost", alloc.Range{First: 38412, Last: 38412}}, ""},
+		{"[::ffff:127.0.0.1]:80:127.0.0.1:81", forward{sockopt.TCP, v4lo, alloc.Range{First: 80, Last: 80}, "127.0.0.1", alloc.Range{First: 81, Last: 81}}, ""},
 		{"", forward{}, "fields"},
 		{"garbage", forward{}, "fields"},
 		{"8080", forward{}, "fields"},

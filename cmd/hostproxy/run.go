@@ -5,14 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/hostproxy/hostproxy/alloc"
 	"github.com/hostproxy/hostproxy/logging"
@@ -25,9 +22,6 @@ import (
 
 // listenFD is the descriptor of the engine's socket with -use-listen-fd.
 const listenFD = 4
-
-// resolveTimeout bounds resolving the -L target host names at start.
-const resolveTimeout = 10 * time.Second
 
 // run is hostproxy: it returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
@@ -93,9 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// may signal the instant it reads "0\n". They are installed only now,
 	// after the set-up: os/signal's first Notify starts a goroutine, which
 	// wakes a second P (GOMAXPROCS > 1), and any set-up work that then runs
-	// there allocates from that P's own heap spans and stack cache. Done
-	// last, it keeps about 80 KiB of private memory out of every idle
-	// process. A stop signal during the set-up ends the process by the
+	// there allocates from that P's own heap spans and stack cache, which
+	// stay in the private memory of the idle process. A stop signal during the set-up ends the process by the
 	// signal's default action, as it does docker-proxy before it is ready.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, stopSignals...)
@@ -229,10 +222,12 @@ func (g *group) add(f *os.File, frontend, backend netip.AddrPort) {
 	g.backends = append(g.backends, backend)
 }
 
-// addGroup serves the sockets of g with one proxy for all of them
-// (tcp.NewRange, udp.NewRange, sctp.NewRange: one accept or event goroutine
-// and one epoll set). The proxies have their own descriptors: the caller
-// closes the files.
+// addGroup serves the sockets of g with one proxy for all of them. On
+// Linux that is tcp.NewRange (the proxy's event loops, at most one per P,
+// each with an epoll set holding every socket), udp.NewRange (one event
+// loop: a goroutine and an epoll set) or sctp.NewRange (one accept
+// goroutine and one epoll set). The proxies have their own descriptors: the
+// caller closes the files.
 func (s *server) addGroup(g group) error {
 	if len(g.files) <= 1 {
 		for i, f := range g.files {
@@ -316,8 +311,10 @@ func (s *server) serve() {
 	}
 }
 
-// run serves proxy i and reports how it ended. Its frame is small, because
-// a goroutine per mapping idles in it (see tcp.Proxy's accept loop).
+// run serves proxy i and reports how it ended; serve starts it in a
+// goroutine of its own per proxy (a range of mappings is one proxy), which
+// stays in Serve for the life of the process. Its frame is kept small:
+// ended, which formats the error, is out of line.
 func (s *server) run(i int) {
 	s.errc <- s.ended(i, s.proxies[i].Serve(context.Background()))
 }
@@ -404,240 +401,4 @@ func (s *server) stop(sigs <-chan os.Signal) {
 			return
 		}
 	}
-}
-
-// startCompat is docker-proxy's form: one mapping on the engine's socket
-// (fd 4) or on a socket hostproxy binds without a filter.
-func startCompat(cfg *config, log *logging.Logger, fd4 fdState) (*server, error) {
-	s := &server{cfg: cfg, log: log}
-	host := netip.AddrPortFrom(cfg.HostIPs[0], cfg.HostPorts.First)
-	var f *os.File
-	if cfg.UseListenFD {
-		var err error
-		if f, err = listenFile(cfg, fd4); err != nil {
-			return nil, err
-		}
-	} else {
-		var err error
-		if f, err = sockopt.Listen(cfg.Proto, host, sockopt.Options{}); err != nil {
-			return nil, err
-		}
-	}
-	defer f.Close()
-	if err := s.add(f, cfg.Proto, host, cfg.Backend(host.Port())); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// listenFile returns fd 4 after checking that it is a socket of -proto, of
-// -host-ip's address family, and listening for TCP and SCTP.
-func listenFile(cfg *config, fd4 fdState) (*os.File, error) {
-	if !fd4.Open {
-		return nil, errors.New("-use-listen-fd: fd 4 is not open (the engine passes the host socket there)")
-	}
-	f := os.NewFile(listenFD, "fd 4")
-	info, err := sockopt.Inspect(f)
-	if err != nil {
-		f.Close()
-		if notSocket(err) {
-			return nil, fmt.Errorf("-use-listen-fd: fd 4 is not a socket: %w", err)
-		}
-		return nil, fmt.Errorf("-use-listen-fd: fd 4: %w", err)
-	}
-	fail := func(format string, args ...any) (*os.File, error) {
-		f.Close()
-		return nil, fmt.Errorf("-use-listen-fd: "+format, args...)
-	}
-	if info.Proto != cfg.Proto {
-		return fail("fd 4 (%s) does not match -proto %s", info, cfg.Proto)
-	}
-	if cfg.Proto.Stream() && !info.Listening {
-		return fail("fd 4 (%s) is not listening", info)
-	}
-	want, got := family(cfg.HostIPs[0]), family(info.Local.Addr())
-	if want != got {
-		return fail("fd 4 is an %s socket (%s) but -host-ip %s is %s", got, info, cfg.HostIPs[0], want)
-	}
-	return f, nil
-}
-
-func family(a netip.Addr) string {
-	if a.Is4() {
-		return "IPv4"
-	}
-	return "IPv6"
-}
-
-// startAllocate binds through the allocator: one port on every -host-ip, or
-// every port of the range with -container-port C-D. It returns the text that
-// follows "0\n" on fd 3.
-func startAllocate(cfg *config, log *logging.Logger) (*server, string, error) {
-	a, err := alloc.New(alloc.Config{})
-	if err != nil {
-		return nil, "", fmt.Errorf("port allocator: %w", err)
-	}
-	req := alloc.Request{
-		Proto: cfg.Proto,
-		Addrs: cfg.HostIPs,
-		Range: alloc.Range{First: cfg.HostPorts.First, Last: cfg.HostPorts.Last},
-	}
-	opts := sockopt.Options{DropAll: cfg.AwaitNAT}
-	var bindings []*alloc.Binding
-	if cfg.ContainerPort.Single() {
-		b, err := a.Bind(req, opts)
-		if err != nil {
-			return nil, "", fmt.Errorf("allocate a %s port on %s: %w", cfg.Proto, addrList(cfg.HostIPs), err)
-		}
-		bindings = []*alloc.Binding{b}
-	} else {
-		if bindings, err = a.BindEach(req, opts); err != nil {
-			return nil, "", fmt.Errorf("bind %s ports %s on %s: %w", cfg.Proto, cfg.HostPorts, addrList(cfg.HostIPs), err)
-		}
-	}
-	s := &server{cfg: cfg, log: log}
-	fail := func(err error) (*server, string, error) {
-		for _, b := range bindings {
-			b.Close()
-		}
-		s.closeAll()
-		return nil, "", err
-	}
-	g := newGroup(cfg.Proto, len(bindings)*len(cfg.HostIPs))
-	for _, b := range bindings {
-		for i, f := range b.Files {
-			g.add(f, netip.AddrPortFrom(cfg.HostIPs[i], b.Port), cfg.Backend(b.Port))
-		}
-	}
-	if err := s.addGroup(g); err != nil {
-		return fail(err)
-	}
-	if cfg.AwaitNAT {
-		s.filtered = bindings
-	} else {
-		for _, b := range bindings {
-			b.Close() // the proxies hold their own descriptors
-		}
-	}
-	if len(bindings) == 1 {
-		return s, fmt.Sprintf("%d\n", bindings[0].Port), nil
-	}
-	return s, fmt.Sprintf("%d-%d\n", bindings[0].Port, bindings[len(bindings)-1].Port), nil
-}
-
-func addrList(addrs []netip.Addr) string {
-	s := make([]string, len(addrs))
-	for i, a := range addrs {
-		s[i] = a.String()
-	}
-	return strings.Join(s, ",")
-}
-
-// loopbacks are where a -L mapping without BIND listens, as with ssh.
-var loopbacks = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
-
-// startForwarder binds every -L mapping. It fails whole: one mapping that
-// cannot start closes the others. The sockets of all the mappings of one
-// protocol are served together, as one range (see addGroup): 100 -L flags
-// cost one goroutine and one epoll set, as one -L of 100 ports does.
-func startForwarder(cfg *config, log *logging.Logger, sm *serviceManager) (*server, error) {
-	s := &server{cfg: cfg, log: log}
-	var groups []group // one per protocol, in the order of the first -L of each
-	defer func() {
-		for _, g := range groups {
-			for _, f := range g.files {
-				f.Close() // the proxies have their own descriptors
-			}
-		}
-	}()
-	for _, fw := range cfg.Forwards {
-		i := slices.IndexFunc(groups, func(g group) bool { return g.proto == fw.Proto })
-		if i < 0 {
-			groups = append(groups, newGroup(fw.Proto, forwardSockets(cfg.Forwards, fw.Proto)))
-			i = len(groups) - 1
-		}
-		if err := listenForward(fw, &groups[i], sm); err != nil {
-			s.closeAll()
-			return nil, err
-		}
-	}
-	for _, g := range groups {
-		if err := s.addGroup(g); err != nil {
-			s.closeAll()
-			return nil, fmt.Errorf("-L %s: %w", g.proto, err)
-		}
-	}
-	return s, nil
-}
-
-// forwardSockets is an upper bound of the sockets the -L mappings of proto
-// listen on.
-func forwardSockets(fws []forward, proto sockopt.Proto) int {
-	n := 0
-	for _, fw := range fws {
-		if fw.Proto == proto {
-			if fw.Bind.IsValid() {
-				n += fw.Ports.Len()
-			} else {
-				n += fw.Ports.Len() * len(loopbacks)
-			}
-		}
-	}
-	return n
-}
-
-// listenForward binds the sockets of fw (or takes those systemd passed) and
-// adds them to g.
-func listenForward(fw forward, g *group, sm *serviceManager) error {
-	target, err := resolve(fw.Target)
-	if err != nil {
-		return fmt.Errorf("-L %s: %w", fw, err)
-	}
-	binds, implicit := []netip.Addr{fw.Bind}, false
-	if !fw.Bind.IsValid() {
-		binds, implicit = loopbacks, true
-	}
-	for i := 0; i < fw.Ports.Len(); i++ {
-		backend := netip.AddrPortFrom(target, fw.TPorts.At(i))
-		listened := 0
-		for _, b := range binds {
-			host := netip.AddrPortFrom(b, fw.Ports.At(i))
-			f, err := sm.listen(fw.Proto, host)
-			if err != nil {
-				if implicit && b.Is6() && noIPv6(err) {
-					continue // a host without ::1 serves 127.0.0.1 only
-				}
-				return fmt.Errorf("-L %s: %w", fw, err)
-			}
-			listened++
-			g.add(f, host, backend)
-		}
-		if listened == 0 {
-			return fmt.Errorf("-L %s: no address to listen on", fw)
-		}
-	}
-	return nil
-}
-
-// resolve returns host's address: the literal itself, or the first IPv4
-// address of a name (else its first IPv6 address), looked up once.
-func resolve(host string) (netip.Addr, error) {
-	if a, err := netip.ParseAddr(host); err == nil {
-		return a.Unmap(), nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
-	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("resolve %s: %w", host, err)
-	}
-	for _, a := range addrs {
-		if a.Unmap().Is4() {
-			return a.Unmap(), nil
-		}
-	}
-	if len(addrs) == 0 {
-		return netip.Addr{}, fmt.Errorf("resolve %s: no address", host)
-	}
-	return addrs[0], nil
 }

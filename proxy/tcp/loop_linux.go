@@ -122,15 +122,15 @@ type loop struct {
 
 	start time.Time // loop time 0
 
-	// Accepting stops for a while after an accept error (EMFILE, ...) or a
-	// connect that found no source port: the listening sockets leave the
-	// epoll set until resumeAt.
-	paused       bool
-	resumeAt     int64
-	acceptOff    proxy.Backoff // after accept errors
-	noPortOff    proxy.Backoff // after EADDRNOTAVAIL
-	acceptFails  int64
-	noPortStreak int64
+	// Accepting stops for a while after an accept error of class Retry
+	// (EMFILE, ...) or a dial error of class Retry or AddrExhausted (no
+	// descriptor, no source port): the listening sockets leave the epoll
+	// set until resumeAt.
+	paused      bool
+	resumeAt    int64
+	acceptOff   proxy.Backoff // after accept errors
+	dialOff     proxy.Backoff // after dial errors; reset by a completed connect
+	acceptFails int64         // accept errors of class Retry since the last accept
 }
 
 func newLoop(p *Proxy) (*loop, error) {
@@ -405,7 +405,9 @@ func (l *loop) accept(i int) {
 		return
 	}
 	if l.acceptFails > 0 {
-		p.logFor(pt).Info("accepting again", logging.Int64("failed_accepts", l.acceptFails))
+		if p.log.Enabled(zapcore.DebugLevel) {
+			p.logFor(pt).Debug("accepting again", logging.Int64("failed_accepts", l.acceptFails))
+		}
 		l.acceptFails = 0
 		l.acceptOff.Reset()
 	}
@@ -429,20 +431,28 @@ func accept4(fd int) (int, unix.Errno) {
 	}
 }
 
-// acceptFailed handles a failed accept: a transient error pauses accepting
-// in this loop for a growing delay; any other ends serving.
+// acceptFailed handles a failed accept by its proxy.ClassifyAccept class:
+// an error that lost only the pending connection is skipped, a shortage
+// (Retry) pauses accepting in this loop for a growing delay, and Fatal ends
+// serving.
 func (l *loop) acceptFailed(pt *port, err error) {
 	p := l.p
 	pt.counters.AcceptErrors.Add(1)
-	log := p.logFor(pt)
-	if !retryable(err) {
-		log.Error("accept failed; stopping", logging.Err(err))
+	switch proxy.ClassifyAccept(err) {
+	case proxy.PerConnection:
+		if p.log.Enabled(zapcore.DebugLevel) {
+			p.logFor(pt).Debug("accept failed for one connection", logging.Err(err))
+		}
+		return
+	case proxy.Fatal:
+		p.logFor(pt).Error("accept failed; stopping", logging.Err(err))
 		p.fail(fmt.Errorf("accept tcp on %s: %w", pt.listen, err))
 		return
 	}
-	if l.acceptFails++; l.acceptFails == 1 {
-		log.Warn("accept failed; backing off and retrying", logging.Err(err))
-	} else if log.Enabled(zapcore.DebugLevel) {
+	l.acceptFails++
+	log := p.logFor(pt)
+	if !p.acceptLog.Log(log, zapcore.WarnLevel, time.Now(), "accept failed; backing off and retrying", logging.Err(err)) &&
+		log.Enabled(zapcore.DebugLevel) {
 		log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", l.acceptFails))
 	}
 	l.pause(l.acceptOff.Next())
@@ -479,9 +489,6 @@ func (l *loop) open(i uint32, fd int) {
 	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
 	switch errno {
 	case 0, unix.EINPROGRESS:
-	case unix.EADDRNOTAVAIL:
-		l.noSourcePort(c, idx, errno)
-		return
 	default:
 		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("connect", errno)})
 		return
@@ -559,10 +566,6 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 			if err == nil && errno == 0 {
 				errno = int(unix.ECONNREFUSED) // hung up without saying why
 			}
-			if unix.Errno(errno) == unix.EADDRNOTAVAIL {
-				l.noSourcePort(c, idx, unix.EADDRNOTAVAIL)
-				return
-			}
 			l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("connect", unix.Errno(errno))})
 			return
 		}
@@ -590,14 +593,10 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 	l.pump(c, idx)
 }
 
-// connected ends c's dial with success.
+// connected ends c's dial with success: the next dial error of class Retry
+// or AddrExhausted backs off from the shortest delay again.
 func (l *loop) connected(c *conn) {
-	p := l.p
-	if n := p.dialFailures.reset(); n > 0 {
-		p.logFor(&p.ports[c.port]).Info("backend reachable again", logging.Int64("failed_dials", n))
-	}
-	l.noPortStreak = 0
-	l.noPortOff.Reset()
+	l.dialOff.Reset()
 }
 
 // pump moves what it can in both directions of c, whose index is idx, and
@@ -898,62 +897,62 @@ func peerOf(fd int) netip.AddrPort {
 }
 
 // dialFailed resets the client of c, whose backend could not be reached,
-// and logs why: the first failure after a success is a warning naming the
-// client, the listener and the backend; further failures while the backend
-// stays down are logged at Debug only, so that a client retrying against a
-// stopped container cannot flood the log. A dial cut short by Close is not a
-// failure.
+// and logs why. A dial error of class Retry or AddrExhausted
+// (proxy.ClassifyDial: no descriptor, no free source port toward the
+// backend) also pauses accepting in this loop for a growing delay (5ms to
+// 1s), so that the connections that come meanwhile wait in the kernel's
+// queue instead of being accepted and reset in a tight loop: the kernel's
+// search for a free port is what costs, and retrying at once would spin.
 func (l *loop) dialFailed(c *conn, idx int32, err error) {
 	p := l.p
 	pt := &p.ports[c.port]
 	pt.counters.DialErrors.Add(1)
+	class := proxy.ClassifyDial(err)
 	if !p.closing.Load() {
-		took := time.Duration(0)
-		if c.dialing {
-			took = time.Duration(l.now() - (c.deadline - int64(p.dialTimeout)))
-		}
-		n := p.dialFailures.fail()
-		if log := p.logFor(pt); n == 1 || log.Enabled(zapcore.DebugLevel) {
-			fields := []zapcore.Field{
-				logging.AddrPort("client", peerOf(int(c.fd[sideClient]))),
-				logging.Err(err),
-				logging.Duration("after", took),
-			}
-			if n == 1 {
-				log.Warn("backend dial failed; client reset", fields...)
-			} else {
-				log.Debug("backend dial failed again; client reset", append(fields, logging.Int64("failures", n))...)
-			}
-		}
+		l.logDialFailure(c, pt, class, err)
 	}
 	l.reset(c, idx, false)
+	if class != proxy.PerConnection {
+		l.pause(l.dialOff.Next())
+	}
 }
 
-// noPortLogEvery is how often at most the cause of EADDRNOTAVAIL is logged
-// above Debug.
-const noPortLogEvery = time.Minute
-
-// noSourcePort handles a connect that found no free source port toward the
-// backend (EADDRNOTAVAIL: every port of net.ipv4.ip_local_port_range is in
-// use or in TIME_WAIT toward it). The kernel's search for a port is what
-// costs: retrying at once would spin. The client is reset and accepting
-// pauses in this loop for a growing delay (5ms to 1s), so that the
-// connections waiting meanwhile queue in the kernel instead.
-func (l *loop) noSourcePort(c *conn, idx int32, errno unix.Errno) {
+// logDialFailure logs a failed dial of c: a warning naming the client, the
+// listener, the backend and the error when the port's rate limit allows it
+// (for want of a source port, the proxy's, with the remedy), otherwise at
+// Debug. The fields are built only when a line is written.
+func (l *loop) logDialFailure(c *conn, pt *port, class proxy.ErrorClass, err error) {
 	p := l.p
-	pt := &p.ports[c.port]
-	pt.counters.DialErrors.Add(1)
-	p.dialFailures.fail()
-	l.noPortStreak++
-	err := &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("connect", errno)}
-	now := time.Now().UnixNano()
-	if last := p.noPortLogged.Load(); (last == 0 || now-last >= int64(noPortLogEvery)) && p.noPortLogged.CompareAndSwap(last, now) {
-		p.logFor(pt).Warn("no free source port toward the backend; client reset, accepting backs off. "+
-			"Let the kernel reuse TIME_WAIT ports (sysctl net.ipv4.tcp_tw_reuse=1) or widen net.ipv4.ip_local_port_range",
-			logging.Err(err), logging.Int64("failures", l.noPortStreak))
-	} else if log := p.logFor(pt); log.Enabled(zapcore.DebugLevel) {
-		log.Debug("no free source port toward the backend; client reset", logging.Err(err), logging.Int64("failures", l.noPortStreak))
+	rl, msg := pt.dialLog, "backend dial failed; client reset"
+	switch class {
+	case proxy.AddrExhausted:
+		rl, msg = &p.noPortLog, "no free source port toward the backend; client reset, accepting backs off"
+	case proxy.Retry:
+		msg = "backend dial failed; client reset, accepting backs off"
 	}
-	l.reset(c, idx, false)
-	l.pause(l.noPortOff.Next())
+	ok, held := rl.Allow(time.Now())
+	if !ok && !p.log.Enabled(zapcore.DebugLevel) {
+		return
+	}
+	took := time.Duration(0)
+	if c.dialing {
+		took = time.Duration(l.now() - (c.deadline - int64(p.dialTimeout)))
+	}
+	fields := make([]zapcore.Field, 0, 5)
+	fields = append(fields,
+		logging.AddrPort("client", peerOf(int(c.fd[sideClient]))),
+		logging.Err(err),
+		logging.Duration("after", took))
+	if class == proxy.AddrExhausted {
+		fields = append(fields, logging.String("remedy", proxy.AddrExhaustedHint("tcp")))
+	}
+	log := p.logFor(pt)
+	if !ok {
+		log.Debug(msg, fields...)
+		return
+	}
+	if held > 0 {
+		fields = append(fields, logging.Int64("suppressed", held))
+	}
+	log.Warn(msg, fields...)
 }

@@ -34,7 +34,7 @@ func init() { childModes["noport"] = noPortChild }
 // TIME_WAIT every backend connect fails with EADDRNOTAVAIL (moby#47537).
 // While clients hammer it for two seconds the proxy must not spin: it
 // makes a bounded number of connect attempts, uses little CPU, logs the
-// cause with its remedy once, and relays again as soon as ports are free.
+// cause with its remedy (proxy.AddrExhaustedHint) once, and relays again as soon as ports are free.
 func TestNoSourcePort(t *testing.T) {
 	testenv.RequireRoot(t)
 	ip := testenv.RequireCommand(t, "ip")
@@ -268,8 +268,8 @@ func noPortChild() int {
 	return 0
 }
 
-// warnCounter is a zapcore.Core that counts warnings whose message contains
-// want.
+// warnCounter is a zapcore.Core that counts warnings whose message or a
+// string field contains want.
 type warnCounter struct {
 	n    *atomic.Int64
 	want string
@@ -284,8 +284,12 @@ func (w *warnCounter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.
 	return ce
 }
 func (w *warnCounter) Sync() error { return nil }
-func (w *warnCounter) Write(e zapcore.Entry, _ []zapcore.Field) error {
-	if strings.Contains(e.Message, w.want) {
+func (w *warnCounter) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	found := strings.Contains(e.Message, w.want)
+	for _, f := range fields {
+		found = found || (f.Type == zapcore.StringType && strings.Contains(f.String, w.want))
+	}
+	if found {
 		w.n.Add(1)
 	}
 	fmt.Fprintln(os.Stderr, e.Level, e.Message)

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
 )
 
 // relay is one client connection and, once dialed, its backend connection.
@@ -41,7 +42,7 @@ func (r *relay) run() {
 		p.dialFailed(r.port, r.client, err, time.Since(start))
 		return
 	}
-	p.dialSucceeded(r.port)
+	p.dialSucceeded()
 	if !p.attach(r, backend) { // closed during the dial
 		r.close(true)
 		reset(backend)
@@ -81,8 +82,8 @@ func (r *relay) pipe(dst, src *net.TCPConn, n *int64, done chan<- struct{}) int6
 
 // copyStream copies src to dst until src reports EOF, then half-closes dst
 // (CloseWrite sends the FIN on). Both are *net.TCPConn with nothing wrapped
-// around them, so dst.ReadFrom moves the bytes with splice(2) on Linux,
-// through a pipe from the runtime's pool, without copying them to user space.
+// around them, so dst.ReadFrom moves the bytes in the kernel where Go's
+// runtime can on this platform, and through a buffer otherwise.
 //
 // It returns the bytes written and the first error, which is nil only when
 // src ended with a clean EOF and the FIN was queued on dst.
@@ -149,13 +150,33 @@ func (p *Proxy) dial(pt *port) (*net.TCPConn, error) {
 	return c.(*net.TCPConn), nil
 }
 
-// dialFailed logs a failed backend dial. The first failure after a success is
-// a warning naming the client, the listener and the backend; further failures
-// while the backend stays down are logged at Debug only, so that a client
-// retrying against a stopped container cannot flood the log. A dial cut short
-// by Close is not a failure.
+// dialFailed counts and logs a failed backend dial of a client accepted on
+// pt. A dial cut short by Close is not a failure. A dial error of class
+// Retry or AddrExhausted (proxy.ClassifyDial: no descriptor, no free source
+// port toward the backend) also holds the accept loops for a growing delay
+// (5ms to 1s), so that clients wait in the kernel's queue instead of being
+// accepted and reset in a tight loop. The line is a warning naming the
+// client, the listener, the backend and the error when the port's rate limit
+// allows it (for want of a source port, the proxy's, with the remedy),
+// otherwise at Debug.
 func (p *Proxy) dialFailed(pt *port, client *net.TCPConn, err error, took time.Duration) {
 	if p.ctx.Err() != nil {
+		return
+	}
+	pt.counters.DialErrors.Add(1)
+	class := proxy.ClassifyDial(err)
+	rl, msg := pt.dialLog, "backend dial failed; client reset"
+	switch class {
+	case proxy.AddrExhausted:
+		rl, msg = &p.noPortLog, "no free source port toward the backend; client reset, accepting backs off"
+	case proxy.Retry:
+		msg = "backend dial failed; client reset, accepting backs off"
+	}
+	if class != proxy.PerConnection {
+		p.holdDials()
+	}
+	ok, held := rl.Allow(time.Now())
+	if !ok && !p.log.Enabled(zapcore.DebugLevel) {
 		return
 	}
 	fields := []zapcore.Field{
@@ -163,15 +184,35 @@ func (p *Proxy) dialFailed(pt *port, client *net.TCPConn, err error, took time.D
 		logging.Err(err),
 		logging.Duration("after", took),
 	}
-	if n := p.dialFailures.fail(); n == 1 {
-		p.logFor(pt).Warn("backend dial failed; client reset", fields...)
-	} else if p.log.Enabled(zapcore.DebugLevel) {
-		p.logFor(pt).Debug("backend dial failed again; client reset", append(fields, logging.Int64("failures", n))...)
+	if class == proxy.AddrExhausted {
+		fields = append(fields, logging.String("remedy", proxy.AddrExhaustedHint("tcp")))
 	}
+	log := p.logFor(pt)
+	if !ok {
+		log.Debug(msg, fields...)
+		return
+	}
+	if held > 0 {
+		fields = append(fields, logging.Int64("suppressed", held))
+	}
+	log.Warn(msg, fields...)
 }
 
-func (p *Proxy) dialSucceeded(pt *port) {
-	if n := p.dialFailures.reset(); n > 0 {
-		p.logFor(pt).Info("backend reachable again", logging.Int64("failed_dials", n))
+// holdDials holds the accept loops for the next delay of dialOff.
+func (p *Proxy) holdDials() {
+	p.holdMu.Lock()
+	p.holdUntil.Store(time.Now().Add(p.dialOff.Next()).UnixNano())
+	p.holdMu.Unlock()
+}
+
+// dialSucceeded ends a hold of the accept loops, if any: the next dial
+// error of class Retry or AddrExhausted backs off from the shortest delay.
+func (p *Proxy) dialSucceeded() {
+	if p.holdUntil.Load() == 0 {
+		return
 	}
+	p.holdMu.Lock()
+	p.dialOff.Reset()
+	p.holdUntil.Store(0)
+	p.holdMu.Unlock()
 }

@@ -19,10 +19,16 @@
 //     broken stream for a complete one.
 //   - A backend that refuses, is unreachable or does not answer within
 //     Config.DialTimeout gets the client reset at once.
-//   - Accept errors such as EMFILE back off (proxy.Backoff, 5ms to 1s) and
-//     retry; only closing the proxy ends the accept loop. A backend connect
-//     that finds no free source port (EADDRNOTAVAIL) resets the client and
-//     backs off accepting in the same way, and says once how to fix it.
+//   - Accept errors are handled by their proxy.ClassifyAccept class: one
+//     that lost only the pending connection is skipped, a shortage such as
+//     EMFILE backs off (proxy.Backoff, 5ms to 1s) and retries, and only a
+//     listening socket that is unusable ends Serve. A backend connect that
+//     finds no free source port (EADDRNOTAVAIL) or no descriptor resets the
+//     client and backs off accepting in the same way (proxy.ClassifyDial).
+//   - Failures that repeat are logged through proxy.RateLimited: a warning
+//     at once, then at most one per interval with the number held back (the
+//     rest at Debug). No free source port is logged with its remedy
+//     (proxy.AddrExhaustedHint) at most once a minute.
 //   - Keepalive is on for both connections and TCP_NODELAY stays on.
 //
 // One Proxy may serve a range of listening sockets, each relayed to its own
@@ -31,13 +37,10 @@
 package tcp
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hostproxy/hostproxy/logging"
@@ -47,6 +50,10 @@ import (
 // DefaultDialTimeout is the backend dial timeout used when
 // Config.DialTimeout is zero.
 const DefaultDialTimeout = 5 * time.Second
+
+// noPortLogEvery is how often at most a dial that found no free source port
+// is logged, with its remedy, above Debug.
+const noPortLogEvery = time.Minute
 
 // keepAlive is applied to both connections of a relay: a dead peer is found
 // after about 2.5 minutes of silence (Go's default probe schedule).
@@ -87,39 +94,4 @@ func checkBackend(ap netip.AddrPort) error {
 		return fmt.Errorf("tcp proxy: invalid backend address %s (want IP:port with a port in 1-65535)", ap)
 	}
 	return nil
-}
-
-// failureStreak counts consecutive failures, so that only the first of a
-// streak is logged above Debug.
-type failureStreak struct{ n atomic.Int64 }
-
-// fail records a failure and returns the streak's length.
-func (s *failureStreak) fail() int64 { return s.n.Add(1) }
-
-// reset ends the streak and returns how long it was.
-func (s *failureStreak) reset() int64 {
-	if s.n.Load() == 0 { // common case: no write, no cache-line bouncing
-		return 0
-	}
-	return s.n.Swap(0)
-}
-
-// retryable reports whether an accept error is transient: the listening
-// socket is fine and accepting again later may succeed (EMFILE, ENFILE,
-// ENOBUFS, ENOMEM, ECONNABORTED, EPERM from a firewall, a network error
-// pending on the new connection, ...). Only errors that mean the listening
-// socket itself is unusable are not.
-func retryable(err error) bool {
-	if errors.Is(err, net.ErrClosed) {
-		return false
-	}
-	var errno syscall.Errno
-	if !errors.As(err, &errno) {
-		return true // unknown: never end the loop by guessing
-	}
-	switch errno {
-	case syscall.EBADF, syscall.EINVAL, syscall.ENOTSOCK, syscall.EFAULT:
-		return false
-	}
-	return true
 }

@@ -46,8 +46,8 @@ type Proxy struct {
 	stopping atomic.Bool // no more accepting; a loop ends when it has no connection
 	closing  atomic.Bool // every loop resets its connections and ends
 
-	dialFailures failureStreak
-	noPortLogged atomic.Int64 // when the last EADDRNOTAVAIL warning was logged (Unix ns)
+	acceptLog proxy.RateLimited // accept errors of class Retry
+	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
 	mu      sync.Mutex
 	serving bool          // Serve was called
@@ -67,10 +67,11 @@ type port struct {
 	sa         [unix.SizeofSockaddrInet6]byte
 	salen      uint32 // of sa, the backend as a raw sockaddr for connect(2)
 	counters   *proxy.StreamCounters
+	dialLog    *proxy.RateLimited // failed dials toward backend, but for want of a source port
 }
 
 func newPort(fd int, listen, backend netip.AddrPort) port {
-	pt := port{fd: fd, listen: listen, counters: new(proxy.StreamCounters)}
+	pt := port{fd: fd, listen: listen, counters: new(proxy.StreamCounters), dialLog: new(proxy.RateLimited)}
 	pt.backend = netip.AddrPortFrom(backend.Addr().Unmap(), backend.Port())
 	pt.backendErr = checkBackend(backend)
 	pt.family, pt.salen = putSockaddr(&pt.sa, pt.backend)
@@ -215,6 +216,7 @@ func newProxy(ports []port, cfg Config) *Proxy {
 		single:      len(ports) == 1,
 		keepCnt:     systemKeepCnt() != keepAlive.Count,
 	}
+	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {
 		p.dialTimeout = DefaultDialTimeout
 	}
@@ -287,10 +289,12 @@ func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.Str
 // is done Serve closes the proxy as Close does. Serve returns only once
 // every relayed connection has ended and every loop goroutine with it.
 //
-// Accept errors such as EMFILE, ENFILE, ENOBUFS or ENOMEM are logged and
-// retried after a growing delay (5ms to 1s). Serve returns an error only when
-// a listening socket itself is unusable (EBADF, EINVAL, ENOTSOCK) or a loop
-// cannot wait; it then closes the proxy first. Serve returns proxy.ErrClosed
+// Accept errors are handled by their proxy.ClassifyAccept class: a shortage
+// (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged and retried after a growing
+// delay (5ms to 1s), an error that lost one pending connection is skipped.
+// Serve returns an error only when a listening socket itself is unusable
+// (EBADF, EINVAL, ENOTSOCK) or a loop cannot wait; it then closes the proxy
+// first. Serve returns proxy.ErrClosed
 // if the proxy was already closed, and an error if it is called twice.
 func (p *Proxy) Serve(ctx context.Context) error {
 	loops, err := p.beginServe()

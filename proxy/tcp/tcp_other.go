@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -39,7 +40,14 @@ type Proxy struct {
 
 	handlers sync.WaitGroup // one per accepted connection
 
-	dialFailures failureStreak
+	acceptLog proxy.RateLimited // accept errors of class Retry
+	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
+
+	// A dial error of class Retry or AddrExhausted holds the accept loops
+	// until holdUntil (Unix ns; 0 for no hold), the next delay of dialOff.
+	holdUntil atomic.Int64
+	holdMu    sync.Mutex
+	dialOff   proxy.Backoff // under holdMu
 
 	mu        sync.Mutex
 	serving   bool                // Serve was called
@@ -51,22 +59,19 @@ type Proxy struct {
 
 // port is one listening socket of a Proxy and where its connections go.
 type port struct {
-	// ln is the listening socket. A range on Linux keeps its sockets as
-	// bare non-blocking descriptors instead (ln nil, fd and listen set),
-	// watched only by the range's epoll set: a net.TCPListener per socket
-	// would put every one of them in Go's netpoller too, at about 1 KiB of
-	// memory each that a range of 100 ports never gives back.
+	// ln is the listening socket, accepted on by a goroutine of its own.
 	ln          *net.TCPListener
-	fd          int            // a range's socket on Linux; owned by its poller
-	listen      netip.AddrPort // fd's address
+	fd          int            // always -1 on this platform (no poller owns a socket)
+	listen      netip.AddrPort // unset on this platform: addr asks ln
 	backend     netip.AddrPort // unmapped
 	backendAddr string         // backend.String(), formatted once
 	backendErr  error          // non-nil when the backend is unusable
 	counters    *proxy.StreamCounters
+	dialLog     *proxy.RateLimited // failed dials toward backend, but for want of a source port
 }
 
 func newPort(ln *net.TCPListener, backend netip.AddrPort) port {
-	pt := port{ln: ln, fd: -1, counters: new(proxy.StreamCounters)}
+	pt := port{ln: ln, fd: -1, counters: new(proxy.StreamCounters), dialLog: new(proxy.RateLimited)}
 	pt.setBackend(backend)
 	return pt
 }
@@ -89,9 +94,8 @@ func (pt *port) addr() net.Addr {
 // so the caller may (and should) close f afterwards. It fails when f is not a
 // listening TCP socket or cfg.Backend is not a usable address.
 //
-// On Linux, Close and Shutdown stop the socket itself from listening
-// (shutdown(2)), so the port stops accepting even if another descriptor
-// for it, such as f, is still open.
+// On this platform Close and Shutdown close the proxy's descriptor only:
+// the port stops accepting once the caller has closed f too.
 func New(f *os.File, cfg Config) (*Proxy, error) {
 	if f == nil {
 		return nil, errors.New("tcp proxy: nil listening socket")
@@ -125,8 +129,7 @@ func fileListener(f *os.File) (*net.TCPListener, error) {
 }
 
 // NewRange returns one Proxy serving the socket of every mapping, each
-// relayed to its own backend, with one goroutine accepting on all of them
-// (on Linux: an epoll set of the sockets; elsewhere a goroutine per socket).
+// relayed to its own backend, with one goroutine accepting on each socket.
 // Like New, it duplicates the files, which the caller closes afterwards, and
 // fails when one is not a listening TCP socket or a backend is unusable;
 // cfg.Backend is not used. Serve, Close and Shutdown act on every socket at
@@ -188,6 +191,7 @@ func newProxy(ports []port, cfg Config) *Proxy {
 		stopping:    make(chan struct{}),
 		relays:      make(map[*relay]struct{}),
 	}
+	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {
 		p.dialTimeout = DefaultDialTimeout
 	}
@@ -215,10 +219,11 @@ func (p *Proxy) Addr() net.Addr { return p.ports[0].addr() }
 // Serve closes the proxy as Close does. Serve returns only once every relayed
 // connection has ended, so no goroutine of the proxy outlives it.
 //
-// Accept errors such as EMFILE, ENFILE, ENOBUFS or ENOMEM are logged and
-// retried after a growing delay (5ms to 1s). Serve returns an error only when
-// the listening socket itself is unusable (EBADF, EINVAL, ENOTSOCK); it then
-// closes the proxy first. Serve returns proxy.ErrClosed if the proxy was
+// Accept errors are handled by their proxy.ClassifyAccept class: a shortage
+// (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged and retried after a growing
+// delay (5ms to 1s), an error that lost one pending connection is skipped.
+// Serve returns an error only when the listening socket itself is unusable
+// (EBADF, EINVAL, ENOTSOCK); it then closes the proxy first. Serve returns proxy.ErrClosed if the proxy was
 // already closed, and an error if it is called twice.
 func (p *Proxy) Serve(ctx context.Context) error {
 	// Serve's own frame stays small, and the work before and after the
@@ -298,6 +303,9 @@ func (p *Proxy) endServe(err error, w *ctxWatch) {
 func (p *Proxy) acceptLoop(pt *port) error {
 	var st *acceptFailures // allocated at the first failure
 	for {
+		if p.holdUntil.Load() != 0 && !p.waitHold() {
+			return nil
+		}
 		c, err := pt.ln.AcceptTCP()
 		if err != nil {
 			if st == nil {
@@ -322,32 +330,65 @@ type acceptFailures struct {
 	n       int64
 }
 
-// acceptFailed handles a failed accept: it reports whether the loop must end,
-// with the error to return, after backing off when the failure is transient.
+// acceptFailed handles a failed accept by its proxy.ClassifyAccept class: it
+// reports whether the loop must end, with the error to return. An error
+// that lost only the pending connection is skipped, a shortage (Retry) backs
+// off, and Fatal ends the loop.
 //
 //go:noinline
 func (p *Proxy) acceptFailed(pt *port, st *acceptFailures, err error) (bool, error) {
 	if p.isStopping() {
 		return true, nil
 	}
+	pt.counters.AcceptErrors.Add(1)
 	log := p.logFor(pt)
-	if !retryable(err) {
+	switch proxy.ClassifyAccept(err) {
+	case proxy.PerConnection:
+		log.Debug("accept failed for one connection", logging.Err(err))
+		return false, nil
+	case proxy.Fatal:
 		log.Error("accept failed; stopping", logging.Err(err))
 		return true, fmt.Errorf("accept tcp on %s: %w", pt.addr(), err)
 	}
-	if st.n++; st.n == 1 {
-		log.Warn("accept failed; backing off and retrying", logging.Err(err))
-	} else if log.Enabled(zapcore.DebugLevel) {
+	st.n++
+	if !p.acceptLog.Log(log, zapcore.WarnLevel, time.Now(), "accept failed; backing off and retrying", logging.Err(err)) &&
+		log.Enabled(zapcore.DebugLevel) {
 		log.Debug("accept failed again", logging.Err(err), logging.Int64("failures", st.n))
 	}
 	return !st.backoff.Sleep(p.stopping), nil
 }
 
-// acceptedAgain logs the end of a streak of failed accepts.
+// acceptedAgain logs the end of a streak of failed accepts at Debug.
 //
 //go:noinline
 func (p *Proxy) acceptedAgain(pt *port, st *acceptFailures) {
-	p.logFor(pt).Info("accepting again", logging.Int64("failed_accepts", st.n))
+	if st.n > 0 {
+		p.logFor(pt).Debug("accepting again", logging.Int64("failed_accepts", st.n))
+	}
+}
+
+// waitHold waits while a dial error of class Retry or AddrExhausted holds
+// accepting (see holdDials). It reports false when the proxy stops
+// meanwhile.
+//
+//go:noinline
+func (p *Proxy) waitHold() bool {
+	until := p.holdUntil.Load()
+	if until == 0 {
+		return true
+	}
+	d := time.Until(time.Unix(0, until))
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-p.stopping:
+		return false
+	}
 }
 
 // start registers c, accepted on pt, and relays it in a new goroutine, or

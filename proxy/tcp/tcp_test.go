@@ -352,35 +352,6 @@ func TestQuietAtInfo(t *testing.T) {
 	}
 }
 
-func TestRetryable(t *testing.T) {
-	wrap := func(e syscall.Errno) error {
-		return &net.OpError{Op: "accept", Net: "tcp", Err: fmt.Errorf("accept4: %w", e)}
-	}
-	for _, tc := range []struct {
-		err  error
-		want bool
-	}{
-		{wrap(syscall.EMFILE), true},
-		{wrap(syscall.ENFILE), true},
-		{wrap(syscall.ENOBUFS), true},
-		{wrap(syscall.ENOMEM), true},
-		{wrap(syscall.ECONNABORTED), true},
-		{wrap(syscall.EPERM), true},
-		{wrap(syscall.EPROTO), true},
-		{wrap(syscall.ENETUNREACH), true},
-		{wrap(syscall.EOPNOTSUPP), true},
-		{errors.New("something odd"), true},
-		{wrap(syscall.EBADF), false},
-		{wrap(syscall.EINVAL), false},
-		{wrap(syscall.ENOTSOCK), false},
-		{&net.OpError{Op: "accept", Err: net.ErrClosed}, false},
-	} {
-		if got := retryable(tc.err); got != tc.want {
-			t.Errorf("retryable(%v) = %t, want %t", tc.err, got, tc.want)
-		}
-	}
-}
-
 func TestClose(t *testing.T) {
 	be, conns := newHandOver(t)
 	p := NewListener(loopback(t), Config{Backend: be})
