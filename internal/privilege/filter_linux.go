@@ -35,6 +35,7 @@ type argRule struct {
 // allows on a condition of their first argument, and the ones it fails with
 // ENOSYS instead of killing.
 func rules(pid int) (allow []uint32, cond []argRule, enosys []uint32) {
+	allow = make([]uint32, 0, len(allowed)+len(archAllowed))
 	allow = append(allow, allowed...)
 	allow = append(allow, archAllowed...)
 	cond = []argRule{
@@ -70,8 +71,9 @@ const maxCond = 8
 // rules does not allow. The numbers are searched as a balanced binary tree
 // (about 7 comparisons for any call) rather than one by one (up to 90).
 //
-// It is assembled in a few allocations of size classes the start-up uses
-// anyway, so that the idle process keeps no heap span for it.
+// It is assembled in three allocations, sized to classes the rest of the
+// start-up uses anyway (352 bytes, 512 and 2 KiB for today's lists), so
+// that the idle process keeps no heap span for the filter alone.
 func Filter(pid int) ([]unix.SockFilter, int, error) {
 	if auditArch == 0 {
 		return nil, 0, fmt.Errorf("seccomp filter: architecture %s is not supported (use -seccomp=false)", runtime.GOARCH)
@@ -82,20 +84,24 @@ func Filter(pid int) ([]unix.SockFilter, int, error) {
 	}
 	// Each entry is a number and its target, nr<<8 | target; a number
 	// listed twice goes to the later list (cond over enosys over allow).
-	nrs := make([]uint64, 0, len(allow)+len(enosys)+len(cond))
+	nrs := make([]uint32, 0, max(128, len(allow)+len(enosys)+len(cond)))
 	for _, nr := range allow {
-		nrs = append(nrs, uint64(nr)<<8|toAllow)
+		nrs = append(nrs, nr<<8|toAllow)
 	}
 	for _, nr := range enosys {
-		nrs = append(nrs, uint64(nr)<<8|toENOSYS)
+		nrs = append(nrs, nr<<8|toENOSYS)
 	}
 	for i, c := range cond {
-		nrs = append(nrs, uint64(c.nr)<<8|uint64(toCond+i))
+		nrs = append(nrs, c.nr<<8|uint32(toCond+i))
+	}
+	for _, e := range nrs {
+		if e>>8 >= 1<<24 {
+			return nil, 0, fmt.Errorf("seccomp filter: system call number %#x out of range", e>>8)
+		}
 	}
 	nrs = sortTargets(nrs)
 
-	size := 2*len(nrs) + 3*len(cond) + 8
-	p := program{insns: make([]unix.SockFilter, 0, size), to: make([][2]uint8, 0, size)}
+	p := program{insns: make([]unix.SockFilter, 0, max(256, 2*len(nrs)+3*len(cond)+8))}
 	p.emit(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, offArch)
 	p.jumpEq(auditArch, toNext, toBadArch)
 	p.emit(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, offNr)
@@ -132,7 +138,7 @@ func Filter(pid int) ([]unix.SockFilter, int, error) {
 // sortTargets sorts the entries of Filter (nr<<8 | target) by number and
 // keeps, of a number listed more than once, the last target listed. It is
 // an insertion sort: a hundred entries, once.
-func sortTargets(e []uint64) []uint64 {
+func sortTargets(e []uint32) []uint32 {
 	for i := 1; i < len(e); i++ {
 		for j := i; j > 0 && e[j-1]>>8 > e[j]>>8; j-- {
 			e[j-1], e[j] = e[j], e[j-1]
@@ -152,7 +158,7 @@ func sortTargets(e []uint64) []uint64 {
 // tree emits the search of the system call number (in A) among the sorted
 // entries, jumping to each one's target, or to toKill when it is none of
 // them.
-func (p *program) tree(nrs []uint64) error {
+func (p *program) tree(nrs []uint32) error {
 	if len(nrs) <= 4 {
 		for _, e := range nrs {
 			p.jumpEq(uint32(e>>8), int(e&0xff), toNext)
@@ -195,54 +201,64 @@ func installFilter() (int, error) {
 	return n, nil
 }
 
-// program is a classic BPF program under construction, with forward jumps
-// to the blocks at its end, resolved by resolve.
+// program is a classic BPF program under construction. Until resolve, a
+// jump to one of the blocks at the end holds the block's target (toKill,
+// ...) in place of its offset: in Jt and Jf of a JEQ (toNext, 0, is the
+// next instruction either way) and in K of a JA. A JGE of the tree holds
+// its offset already.
 type program struct {
 	insns []unix.SockFilter
-	to    [][2]uint8 // per instruction: the targets of its true and false branches
 }
 
 func (p *program) emit(code uint16, k uint32) {
 	p.insns = append(p.insns, unix.SockFilter{Code: code, K: k})
-	p.to = append(p.to, [2]uint8{toNext, toNext})
 }
 
 // jumpEq emits "if A == val goto yes else goto no".
 func (p *program) jumpEq(val uint32, yes, no int) {
-	p.emit(unix.BPF_JMP|unix.BPF_JEQ|unix.BPF_K, val)
-	p.to[len(p.to)-1] = [2]uint8{uint8(yes), uint8(no)}
+	p.insns = append(p.insns, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: uint8(yes), Jf: uint8(no), K: val})
 }
 
 // jump emits "goto to".
 func (p *program) jump(to int) {
-	p.emit(unix.BPF_JMP|unix.BPF_JA, 0)
-	p.to[len(p.to)-1][0] = uint8(to)
+	p.emit(unix.BPF_JMP|unix.BPF_JA, uint32(to))
 }
 
-// resolve sets the offset of every jump to a target, which begins at
-// at[target].
+// resolve replaces the target of every jump to a block with its offset,
+// the block beginning at at[target].
 func (p *program) resolve(at *[toCond + maxCond]int) error {
 	if len(p.insns) > unix.BPF_MAXINSNS {
 		return fmt.Errorf("seccomp filter: %d instructions, more than %d", len(p.insns), unix.BPF_MAXINSNS)
 	}
-	for i, to := range p.to {
-		ja := p.insns[i].Code == unix.BPF_JMP|unix.BPF_JA
-		for b, t := range to {
-			if t == toNext {
-				continue
+	offset := func(i, t int, limit int) (int, error) {
+		if t == toNext {
+			return 0, nil
+		}
+		d := at[t] - i - 1
+		if at[t] == 0 || d < 0 || d > limit {
+			return 0, fmt.Errorf("seccomp filter: a jump from %d to %d", i, at[t])
+		}
+		return d, nil
+	}
+	for i := range p.insns {
+		in := &p.insns[i]
+		switch in.Code {
+		case unix.BPF_JMP | unix.BPF_JA:
+			d, err := offset(i, int(in.K), len(p.insns))
+			if err != nil {
+				return err
 			}
-			d := at[t] - i - 1
-			if at[t] == 0 || d < 0 || d > 255 && !ja {
-				return fmt.Errorf("seccomp filter: a jump from %d to %d", i, at[t])
+			in.K = uint32(d)
+		case unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K:
+			dt, err1 := offset(i, int(in.Jt), 255)
+			df, err2 := offset(i, int(in.Jf), 255)
+			if err1 != nil {
+				return err1
 			}
-			switch {
-			case ja:
-				p.insns[i].K = uint32(d)
-			case b == 0:
-				p.insns[i].Jt = uint8(d)
-			default:
-				p.insns[i].Jf = uint8(d)
+			if err2 != nil {
+				return err2
 			}
+			in.Jt, in.Jf = uint8(dt), uint8(df)
 		}
 	}
 	return nil
