@@ -1,14 +1,11 @@
 package privilege
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
-	"slices"
 	"unsafe"
 
-	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,6 +35,7 @@ type argRule struct {
 // allows on a condition of their first argument, and the ones it fails with
 // ENOSYS instead of killing.
 func rules(pid int) (allow []uint32, cond []argRule, enosys []uint32) {
+	allow = make([]uint32, 0, len(allowed)+len(archAllowed))
 	allow = append(allow, allowed...)
 	allow = append(allow, archAllowed...)
 	cond = []argRule{
@@ -54,75 +52,132 @@ func rules(pid int) (allow []uint32, cond []argRule, enosys []uint32) {
 	return allow, cond, enosys
 }
 
+// Where a jump of the program goes: the next instruction, or one of the
+// blocks at its end (toCond+i is the test of cond[i]'s argument).
+const (
+	toNext = iota
+	toKill
+	toAllow
+	toBadArch
+	toENOSYS
+	toCond
+)
+
+// maxCond bounds the argument rules of the filter.
+const maxCond = 8
+
 // Filter returns the seccomp program Drop installs for process pid: it
 // kills the process on a foreign architecture or on any system call that
 // rules does not allow. The numbers are searched as a balanced binary tree
 // (about 7 comparisons for any call) rather than one by one (up to 90).
-func Filter(pid int) ([]bpf.RawInstruction, int, error) {
+//
+// It is assembled in three allocations, sized to classes the rest of the
+// start-up uses anyway (352 bytes, 512 and 2 KiB for today's lists), so
+// that the idle process keeps no heap span for the filter alone.
+func Filter(pid int) ([]unix.SockFilter, int, error) {
 	if auditArch == 0 {
 		return nil, 0, fmt.Errorf("seccomp filter: architecture %s is not supported (use -seccomp=false)", runtime.GOARCH)
 	}
 	allow, cond, enosys := rules(pid)
-	targets := map[uint32]string{}
+	if len(cond) > maxCond {
+		return nil, 0, fmt.Errorf("seccomp filter: %d argument rules, at most %d", len(cond), maxCond)
+	}
+	// Each entry is a number and its target, nr<<8 | target; a number
+	// listed twice goes to the later list (cond over enosys over allow).
+	nrs := make([]uint32, 0, max(128, len(allow)+len(enosys)+len(cond)))
 	for _, nr := range allow {
-		targets[nr] = "allow"
+		nrs = append(nrs, nr<<8|toAllow)
 	}
 	for _, nr := range enosys {
-		targets[nr] = "enosys"
+		nrs = append(nrs, nr<<8|toENOSYS)
 	}
 	for i, c := range cond {
-		targets[c.nr] = fmt.Sprintf("cond%d", i)
+		nrs = append(nrs, c.nr<<8|uint32(toCond+i))
 	}
-	nrs := make([]uint32, 0, len(targets))
-	for nr := range targets {
-		nrs = append(nrs, nr)
-	}
-	slices.Sort(nrs)
-
-	var p program
-	p.emit(bpf.LoadAbsolute{Off: offArch, Size: 4})
-	p.jumpIf(auditArch, "", "badarch")
-	p.emit(bpf.LoadAbsolute{Off: offNr, Size: 4})
-	p.tree(nrs, targets)
-	for i, c := range cond {
-		p.label(fmt.Sprintf("cond%d", i))
-		p.emit(bpf.LoadAbsolute{Off: offArg0, Size: 4})
-		if c.mask != ^uint32(0) {
-			p.emit(bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: c.mask})
+	for _, e := range nrs {
+		if e>>8 >= 1<<24 {
+			return nil, 0, fmt.Errorf("seccomp filter: system call number %#x out of range", e>>8)
 		}
-		p.jumpIf(c.want, "allow", "kill")
 	}
-	p.label("kill")
-	p.emit(bpf.RetConstant{Val: outsideAction})
-	p.label("allow")
-	p.emit(bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW})
-	p.label("badarch")
-	p.emit(bpf.RetConstant{Val: unix.SECCOMP_RET_KILL_PROCESS})
-	p.label("enosys")
-	p.emit(bpf.RetConstant{Val: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)})
-	raw, err := p.assemble()
-	if err != nil {
-		return nil, 0, fmt.Errorf("seccomp filter: %w", err)
+	nrs = sortTargets(nrs)
+
+	p := program{insns: make([]unix.SockFilter, 0, max(256, 2*len(nrs)+3*len(cond)+8))}
+	p.emit(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, offArch)
+	p.jumpEq(auditArch, toNext, toBadArch)
+	p.emit(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, offNr)
+	if err := p.tree(nrs); err != nil {
+		return nil, 0, err
 	}
-	return raw, len(allow) + len(cond), nil
+	var at [toCond + maxCond]int // where each target begins
+	for i, c := range cond {
+		at[toCond+i] = len(p.insns)
+		p.emit(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, offArg0)
+		if c.mask != ^uint32(0) {
+			p.emit(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, c.mask)
+		}
+		p.jumpEq(c.want, toAllow, toKill)
+	}
+	for _, r := range [...]struct {
+		to  int
+		ret uint32
+	}{
+		{toKill, outsideAction},
+		{toAllow, unix.SECCOMP_RET_ALLOW},
+		{toBadArch, unix.SECCOMP_RET_KILL_PROCESS},
+		{toENOSYS, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+	} {
+		at[r.to] = len(p.insns)
+		p.emit(unix.BPF_RET|unix.BPF_K, r.ret)
+	}
+	if err := p.resolve(&at); err != nil {
+		return nil, 0, err
+	}
+	return p.insns, len(allow) + len(cond), nil
+}
+
+// sortTargets sorts the entries of Filter (nr<<8 | target) by number and
+// keeps, of a number listed more than once, the last target listed. It is
+// an insertion sort: a hundred entries, once.
+func sortTargets(e []uint32) []uint32 {
+	for i := 1; i < len(e); i++ {
+		for j := i; j > 0 && e[j-1]>>8 > e[j]>>8; j-- {
+			e[j-1], e[j] = e[j], e[j-1]
+		}
+	}
+	// Equal numbers are still in the order listed.
+	out := e[:0]
+	for i, v := range e {
+		if i+1 < len(e) && e[i+1]>>8 == v>>8 {
+			continue
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // tree emits the search of the system call number (in A) among the sorted
-// nrs, jumping to targets[nr], or to "kill" when it is none of them.
-func (p *program) tree(nrs []uint32, targets map[uint32]string) {
+// entries, jumping to each one's target, or to toKill when it is none of
+// them.
+func (p *program) tree(nrs []uint32) error {
 	if len(nrs) <= 4 {
-		for _, nr := range nrs {
-			p.jumpIf(nr, targets[nr], "")
+		for _, e := range nrs {
+			p.jumpEq(uint32(e>>8), int(e&0xff), toNext)
 		}
-		p.jump("kill")
-		return
+		p.jump(toKill)
+		return nil
 	}
 	mid := len(nrs) / 2
-	right := fmt.Sprintf("ge%d", nrs[mid])
-	p.jumpGE(nrs[mid], right)
-	p.tree(nrs[:mid], targets)
-	p.label(right)
-	p.tree(nrs[mid:], targets)
+	ge := len(p.insns)
+	p.emit(unix.BPF_JMP|unix.BPF_JGE|unix.BPF_K, uint32(nrs[mid]>>8))
+	if err := p.tree(nrs[:mid]); err != nil {
+		return err
+	}
+	skip := len(p.insns) - ge - 1
+	if skip > 255 {
+		return fmt.Errorf("seccomp filter: a jump over %d instructions", skip)
+	}
+	p.insns[ge].Jt = uint8(skip)
+	return p.tree(nrs[mid:])
 }
 
 // installFilter installs Filter on every thread of the process (TSYNC),
@@ -133,7 +188,7 @@ func installFilter() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	prog := unix.SockFprog{Len: uint16(len(raw)), Filter: (*unix.SockFilter)(unsafe.Pointer(&raw[0]))}
+	prog := unix.SockFprog{Len: uint16(len(raw)), Filter: &raw[0]}
 	r, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC,
 		uintptr(unsafe.Pointer(&prog)))
 	runtime.KeepAlive(raw)
@@ -146,84 +201,65 @@ func installFilter() (int, error) {
 	return n, nil
 }
 
-// program is a classic BPF program under construction, with forward jumps
-// to labels resolved by assemble.
+// program is a classic BPF program under construction. Until resolve, a
+// jump to one of the blocks at the end holds the block's target (toKill,
+// ...) in place of its offset: in Jt and Jf of a JEQ (toNext, 0, is the
+// next instruction either way) and in K of a JA. A JGE of the tree holds
+// its offset already.
 type program struct {
-	insns  []bpf.Instruction
-	jumps  map[int][2]string // instruction index: true and false targets ("" for the next one)
-	gotos  []int             // instruction indexes of unconditional jumps, to gotoTo
-	gotoTo []string
-	labels map[string]int
+	insns []unix.SockFilter
 }
 
-func (p *program) emit(in bpf.Instruction) { p.insns = append(p.insns, in) }
-
-func (p *program) label(name string) {
-	if p.labels == nil {
-		p.labels = map[string]int{}
-	}
-	p.labels[name] = len(p.insns)
+func (p *program) emit(code uint16, k uint32) {
+	p.insns = append(p.insns, unix.SockFilter{Code: code, K: k})
 }
 
-// jumpGE emits "if A >= val goto yes".
-func (p *program) jumpGE(val uint32, yes string) {
-	if p.jumps == nil {
-		p.jumps = map[int][2]string{}
-	}
-	p.jumps[len(p.insns)] = [2]string{yes, ""}
-	p.emit(bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: val})
+// jumpEq emits "if A == val goto yes else goto no".
+func (p *program) jumpEq(val uint32, yes, no int) {
+	p.insns = append(p.insns, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: uint8(yes), Jf: uint8(no), K: val})
 }
 
 // jump emits "goto to".
-func (p *program) jump(to string) {
-	p.gotos = append(p.gotos, len(p.insns))
-	p.gotoTo = append(p.gotoTo, to)
-	p.emit(bpf.Jump{})
+func (p *program) jump(to int) {
+	p.emit(unix.BPF_JMP|unix.BPF_JA, uint32(to))
 }
 
-// jumpIf emits "if A == val goto yes else goto no".
-func (p *program) jumpIf(val uint32, yes, no string) {
-	if p.jumps == nil {
-		p.jumps = map[int][2]string{}
+// resolve replaces the target of every jump to a block with its offset,
+// the block beginning at at[target].
+func (p *program) resolve(at *[toCond + maxCond]int) error {
+	if len(p.insns) > unix.BPF_MAXINSNS {
+		return fmt.Errorf("seccomp filter: %d instructions, more than %d", len(p.insns), unix.BPF_MAXINSNS)
 	}
-	p.jumps[len(p.insns)] = [2]string{yes, no}
-	p.emit(bpf.JumpIf{Cond: bpf.JumpEqual, Val: val})
-}
-
-func (p *program) assemble() ([]bpf.RawInstruction, error) {
-	skip := func(from int, to string) (uint8, error) {
-		if to == "" {
+	offset := func(i, t int, limit int) (int, error) {
+		if t == toNext {
 			return 0, nil
 		}
-		at, ok := p.labels[to]
-		if !ok {
-			return 0, fmt.Errorf("no label %s", to)
+		d := at[t] - i - 1
+		if at[t] == 0 || d < 0 || d > limit {
+			return 0, fmt.Errorf("seccomp filter: a jump from %d to %d", i, at[t])
 		}
-		d := at - from - 1
-		if d < 0 || d > 255 {
-			return 0, fmt.Errorf("jump from %d to %s (%d) out of range", from, to, at)
+		return d, nil
+	}
+	for i := range p.insns {
+		in := &p.insns[i]
+		switch in.Code {
+		case unix.BPF_JMP | unix.BPF_JA:
+			d, err := offset(i, int(in.K), len(p.insns))
+			if err != nil {
+				return err
+			}
+			in.K = uint32(d)
+		case unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K:
+			dt, err1 := offset(i, int(in.Jt), 255)
+			df, err2 := offset(i, int(in.Jf), 255)
+			if err1 != nil {
+				return err1
+			}
+			if err2 != nil {
+				return err2
+			}
+			in.Jt, in.Jf = uint8(dt), uint8(df)
 		}
-		return uint8(d), nil
 	}
-	for k, i := range p.gotos {
-		at, ok := p.labels[p.gotoTo[k]]
-		if !ok || at <= i {
-			return nil, fmt.Errorf("bad jump from %d to %s", i, p.gotoTo[k])
-		}
-		p.insns[i] = bpf.Jump{Skip: uint32(at - i - 1)}
-	}
-	for i, t := range p.jumps {
-		j := p.insns[i].(bpf.JumpIf)
-		var err1, err2 error
-		j.SkipTrue, err1 = skip(i, t[0])
-		j.SkipFalse, err2 = skip(i, t[1])
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, err
-		}
-		p.insns[i] = j
-	}
-	if len(p.insns) > unix.BPF_MAXINSNS {
-		return nil, fmt.Errorf("%d instructions, more than %d", len(p.insns), unix.BPF_MAXINSNS)
-	}
-	return bpf.Assemble(p.insns)
+	return nil
 }

@@ -182,8 +182,9 @@ func switchUser(a *account) error {
 // namespace whose /proc/self/setgroups says "deny" refuses it (and its
 // groups are fixed anyway).
 func setgroupsAllowed() bool {
-	b, err := os.ReadFile("/proc/self/setgroups")
-	return err != nil || strings.TrimSpace(string(b)) != "deny"
+	var buf [16]byte
+	b, err := readProc("/proc/self/setgroups", buf[:])
+	return err != nil || string(bytes.TrimSpace(b)) != "deny"
 }
 
 // capData is the two 32-bit words of capability sets (capset version 3).
@@ -224,11 +225,12 @@ func capSetAll(cgo bool, keep uint32) error {
 
 // capLastCap is the highest capability the kernel knows.
 func capLastCap() (int, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	var buf [16]byte
+	b, err := readProc("/proc/sys/kernel/cap_last_cap", buf[:])
 	if err != nil {
 		return 0, fmt.Errorf("drop privileges: %w", err)
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	n, err := strconv.Atoi(string(bytes.TrimSpace(b)))
 	if err != nil || n < 0 || n > 63 {
 		return 0, fmt.Errorf("drop privileges: /proc/sys/kernel/cap_last_cap holds %q", bytes.TrimSpace(b))
 	}
@@ -260,7 +262,8 @@ func lookupAccount(name string) (*account, string) {
 		id   int
 		what string
 	}{{"/proc/self/uid_map", a.uid, "uid"}, {"/proc/self/gid_map", a.gid, "gid"}} {
-		b, err := os.ReadFile(m.path)
+		var buf [512]byte
+		b, err := readProc(m.path, buf[:])
 		if err != nil {
 			return nil, fmt.Sprintf("user %q: %v", name, err)
 		}
@@ -290,15 +293,26 @@ func numericAccount(s string) (*account, bool) {
 // and returns name's entry.
 func findAccount(r interface{ Read([]byte) (int, error) }, name string) (*account, error) {
 	sc := bufio.NewScanner(r)
+	// Room for a few lines to start with, in a size class the start-up
+	// uses anyway; the scanner grows it for a longer line.
+	sc.Buffer(make([]byte, 2048), bufio.MaxScanTokenSize)
 	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) < 4 || fields[0] != name {
+		var f [4][]byte
+		rest, n := sc.Bytes(), 0
+		for ; n < len(f); n++ {
+			var ok bool
+			if f[n], rest, ok = bytes.Cut(rest, colon); !ok {
+				n++
+				break
+			}
+		}
+		if n < len(f) || string(f[0]) != name {
 			continue
 		}
-		uid, err1 := strconv.ParseUint(fields[2], 10, 32)
-		gid, err2 := strconv.ParseUint(fields[3], 10, 32)
+		uid, err1 := strconv.ParseUint(string(f[2]), 10, 32)
+		gid, err2 := strconv.ParseUint(string(f[3]), 10, 32)
 		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("user %q: malformed /etc/passwd entry (uid %q, gid %q)", name, fields[2], fields[3])
+			return nil, fmt.Errorf("user %q: malformed /etc/passwd entry (uid %q, gid %q)", name, f[2], f[3])
 		}
 		return &account{name: name, uid: int(uid), gid: int(gid)}, nil
 	}
@@ -308,16 +322,31 @@ func findAccount(r interface{ Read([]byte) (int, error) }, name string) (*accoun
 	return nil, fmt.Errorf("user %q: not in /etc/passwd", name)
 }
 
+var colon = []byte{':'}
+
 // idMapped reports whether id falls in one of the ranges of an id map
 // (lines "inside outside count", /proc/self/uid_map's format).
 func idMapped(idMap []byte, id int) bool {
-	for line := range strings.Lines(string(idMap)) {
-		f := strings.Fields(line)
-		if len(f) != 3 {
+	for len(idMap) > 0 {
+		var line []byte
+		line, idMap, _ = bytes.Cut(idMap, []byte{'\n'})
+		var f [3][]byte
+		n := 0
+		for line = bytes.TrimLeft(line, " \t"); len(line) > 0 && n <= len(f); n++ {
+			i := bytes.IndexAny(line, " \t")
+			if i < 0 {
+				i = len(line)
+			}
+			if n < len(f) {
+				f[n] = line[:i]
+			}
+			line = bytes.TrimLeft(line[i:], " \t")
+		}
+		if n != len(f) {
 			continue
 		}
-		inside, err1 := strconv.ParseUint(f[0], 10, 32)
-		count, err2 := strconv.ParseUint(f[2], 10, 32)
+		inside, err1 := strconv.ParseUint(string(f[0]), 10, 32)
+		count, err2 := strconv.ParseUint(string(f[2]), 10, 32)
 		if err1 != nil || err2 != nil {
 			continue
 		}
@@ -326,4 +355,34 @@ func idMapped(idMap []byte, id int) bool {
 		}
 	}
 	return false
+}
+
+// readProc reads the file at path, a small one of /proc, into buf and
+// returns what it holds, without the heap allocations of os.ReadFile; a
+// file that fills buf is read again with os.ReadFile.
+func readProc(path string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	n := 0
+	for n < len(buf) {
+		k, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			unix.Close(fd)
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	unix.Close(fd)
+	if n == len(buf) {
+		return os.ReadFile(path)
+	}
+	return buf[:n], nil
 }

@@ -96,9 +96,13 @@ func TestFilter(t *testing.T) {
 		t.Skip("no filter for this architecture")
 	}
 	const pid = 4242
-	raw, n, err := Filter(pid)
+	prog, n, err := Filter(pid)
 	if err != nil {
 		t.Fatal(err)
+	}
+	raw := make([]bpf.RawInstruction, len(prog))
+	for i, in := range prog {
+		raw[i] = bpf.RawInstruction{Op: in.Code, Jt: in.Jt, Jf: in.Jf, K: in.K}
 	}
 	insns, ok := bpf.Disassemble(raw)
 	if !ok {

@@ -122,6 +122,10 @@ type loop struct {
 
 	start time.Time // loop time 0
 
+	// grows is set in the first loop until it starts the others, once it
+	// has two connections open at once (Proxy.startLoops).
+	grows bool
+
 	// Accepting stops for a while after an accept error of class Retry
 	// (EMFILE, ...) or a dial error of class Retry or AddrExhausted (no
 	// descriptor, no source port): the listening sockets leave the epoll
@@ -413,6 +417,9 @@ func (l *loop) accept(i int) {
 	}
 	pt.counters.Accepted.Add(1)
 	pt.counters.Active.Add(1)
+	if l.grows && l.live > 0 {
+		p.startLoops(l)
+	}
 	l.open(uint32(i), fd)
 }
 

@@ -2,7 +2,8 @@
 // backend addresses.
 //
 // On Linux a Proxy runs a few event loops (one per P, at most), each one
-// goroutine and one epoll set. The loops accept on the listening sockets
+// goroutine and one epoll set: one until two connections are open at once,
+// then the others. The loops accept on the listening sockets
 // without blocking, connect to the backend without blocking, and move the
 // bytes with splice(2) through pipes taken from a loop-owned pool only while
 // bytes are in flight. An open connection that carries nothing holds its two

@@ -50,11 +50,12 @@ type Proxy struct {
 	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
 	mu      sync.Mutex
-	serving bool          // Serve was called
-	closed  bool          // Close ran, or Shutdown finished
-	loops   []*loop       // while Serve runs
-	done    chan struct{} // closed when Serve's loops have all ended
-	fatal   error         // why serving failed, set by a loop
+	serving bool           // Serve was called
+	closed  bool           // Close ran, or Shutdown finished
+	loops   []*loop        // while Serve runs; the first is Serve's own
+	more    sync.WaitGroup // the loops after the first (startLoops)
+	done    chan struct{}  // closed when Serve's loops have all ended
+	fatal   error          // why serving failed, set by a loop
 }
 
 // port is one listening socket of a Proxy and where its connections go.
@@ -296,8 +297,13 @@ func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.Str
 // (EBADF, EINVAL, ENOTSOCK) or a loop cannot wait; it then closes the proxy
 // first. Serve returns proxy.ErrClosed
 // if the proxy was already closed, and an error if it is called twice.
+//
+// Serve relays in one event loop, on its own goroutine, until two
+// connections are open at once; then it starts the others, one per P up to
+// maxLoops (startLoops). An idle proxy, or one relaying one connection at a
+// time, so keeps a single goroutine and wakes no other P.
 func (p *Proxy) Serve(ctx context.Context) error {
-	loops, err := p.beginServe()
+	first, err := p.beginServe()
 	if err != nil {
 		return err
 	}
@@ -306,21 +312,19 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		defer close(ctxClosed)
 		p.Close()
 	})
-	var wg sync.WaitGroup
-	for _, l := range loops[1:] {
-		wg.Go(l.run)
-	}
-	loops[0].run() // Serve's own goroutine is the first loop
-	wg.Wait()
-	err = p.endServe(loops)
+	first.run()
+	// Only the first loop starts others, so none can start from here on.
+	p.more.Wait()
+	err = p.endServe()
 	if !stop() {
 		<-ctxClosed // ctx fired: let its Close finish before returning
 	}
 	return err
 }
 
-// beginServe creates the event loops, or says why the proxy cannot serve.
-func (p *Proxy) beginServe() ([]*loop, error) {
+// beginServe creates the first event loop, or says why the proxy cannot
+// serve.
+func (p *Proxy) beginServe() (*loop, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
@@ -329,27 +333,44 @@ func (p *Proxy) beginServe() ([]*loop, error) {
 	case p.serving:
 		return nil, fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
 	}
-	n := min(runtime.GOMAXPROCS(0), maxLoops)
-	loops := make([]*loop, 0, n)
-	for range n {
+	l, err := newLoop(p)
+	if err != nil {
+		return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), err)
+	}
+	l.grows = true
+	p.serving, p.loops, p.done = true, []*loop{l}, make(chan struct{})
+	return l, nil
+}
+
+// startLoops starts the event loops that first, the loop Serve runs, left
+// for later: one per P (GOMAXPROCS now) up to maxLoops in all. The first
+// loop calls it when it accepts a connection while it has one open. A loop
+// that cannot be created (EMFILE) is logged and the proxy relays with the
+// loops it has.
+func (p *Proxy) startLoops(first *loop) {
+	first.grows = false
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.loops) < min(runtime.GOMAXPROCS(0), maxLoops) {
+		if p.stopping.Load() { // Close, Shutdown or fail ran: no new loop
+			return
+		}
 		l, err := newLoop(p)
 		if err != nil {
-			for _, l := range loops {
-				l.close()
-			}
-			return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), err)
+			p.log.Warn("cannot start another event loop; relaying with fewer",
+				logging.Int("loops", len(p.loops)), logging.Err(err))
+			return
 		}
-		loops = append(loops, l)
+		p.loops = append(p.loops, l)
+		p.more.Go(l.run)
 	}
-	p.serving, p.loops, p.done = true, loops, make(chan struct{})
-	return loops, nil
 }
 
 // endServe runs when every loop has ended: it releases them and returns
 // the error that ended serving, if any.
-func (p *Proxy) endServe(loops []*loop) error {
+func (p *Proxy) endServe() error {
 	p.mu.Lock()
-	for _, l := range loops {
+	for _, l := range p.loops {
 		l.close()
 	}
 	p.loops = nil

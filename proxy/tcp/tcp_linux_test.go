@@ -752,21 +752,48 @@ func TestRangeSharedSocket(t *testing.T) {
 
 // TestRangeOneGoroutine checks that a range costs one goroutine per event
 // loop however many sockets it has, not one per socket.
-func TestRangeOneGoroutine(t *testing.T) {
+// TestRangeLoops: a range relays in one event loop (one goroutine) while
+// its connections come one at a time, and in one loop per P (up to
+// maxLoops) from the first time two are open at once.
+func TestRangeLoops(t *testing.T) {
 	const n = 50
 	p, addrs, _ := startRange(t, n, Config{})
-	c := dial(t, addrs[n-1])
-	greet(t, c, fmt.Sprintf("backend %d:", n-1))
-	c.Close()
-	waitUntil(t, "the relay to end", func() bool { return relayCount(p) == 0 })
+	// Earlier tests' proxies have all returned from Serve, so every loop
+	// goroutine in the process is this range's.
+	loops := func() int {
+		buf := make([]byte, 1<<20)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "tcp.(*loop).run(")
+	}
+	for i := range 3 {
+		c := dial(t, addrs[n-1-i])
+		greet(t, c, fmt.Sprintf("backend %d:", n-1-i))
+		c.Close()
+		waitUntil(t, "the relay to end", func() bool { return relayCount(p) == 0 })
+	}
+	if got := loops(); got != 1 {
+		t.Fatalf("a %d-socket range relaying one connection at a time runs %d event loops, want 1", n, got)
+	}
 
-	// Earlier tests' proxies have all returned from Serve, so every
-	// accepting goroutine in the process is this range's.
-	buf := make([]byte, 1<<20)
-	stacks := string(buf[:runtime.Stack(buf, true)])
+	c0 := dial(t, addrs[0])
+	greet(t, c0, "backend 0:")
+	c1 := dial(t, addrs[1])
+	greet(t, c1, "backend 1:")
 	want := min(runtime.GOMAXPROCS(0), maxLoops)
-	if loops := strings.Count(stacks, "tcp.(*loop).run("); loops != want {
-		t.Fatalf("a %d-socket range runs %d event loops, want %d (one per P)", n, loops, want)
+	if got := loops(); got != want {
+		t.Fatalf("with two connections open, the range runs %d event loops, want %d (one per P)", got, want)
+	}
+	// Every loop accepts: more connections, each relayed, whichever loop
+	// takes it.
+	for i := range 8 {
+		c := dial(t, addrs[2+i])
+		greet(t, c, fmt.Sprintf("backend %d:", 2+i))
+		c.Close()
+	}
+	c0.Close()
+	c1.Close()
+	waitUntil(t, "the relays to end", func() bool { return relayCount(p) == 0 })
+	if got := loops(); got != want {
+		t.Fatalf("after the connections ended, the range runs %d event loops, want %d", got, want)
 	}
 }
 
