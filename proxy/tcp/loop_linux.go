@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"syscall"
 	"time"
 	"unsafe"
@@ -133,7 +134,22 @@ type loop struct {
 	noPortStreak int64
 }
 
-func newLoop(p *Proxy) (*loop, error) {
+// loopCount returns how many event loops a Proxy runs, and how many of
+// them (the first ones) own a thread and a P (runOwned). Owned loops leave
+// one P to the rest of the program; with a single P the one loop parks in
+// the netpoller instead.
+func loopCount() (n, owned int) {
+	procs := runtime.GOMAXPROCS(0)
+	if procs < 2 {
+		return 1, 0
+	}
+	n = min(procs-1, maxLoops)
+	return n, n
+}
+
+// newLoop makes a loop of p; owned says whether it runs runOwned, else it
+// parks in Go's netpoller.
+func newLoop(p *Proxy, owned bool) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -149,17 +165,19 @@ func newLoop(p *Proxy) (*loop, error) {
 		l.close()
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		l.close()
-		return nil, os.NewSyscallError("fcntl", err)
+	if !owned {
+		if err := unix.SetNonblock(epfd, true); err != nil {
+			l.close()
+			return nil, os.NewSyscallError("fcntl", err)
+		}
+		// A non-blocking descriptor goes into Go's netpoller.
+		l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
+		if l.rc, err = l.epf.SyscallConn(); err != nil {
+			l.close()
+			return nil, err
+		}
+		l.pollFn = l.poll
 	}
-	// A non-blocking descriptor goes into Go's netpoller.
-	l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
-	if l.rc, err = l.epf.SyscallConn(); err != nil {
-		l.close()
-		return nil, err
-	}
-	l.pollFn = l.poll
 	if err := l.watchListeners(); err != nil {
 		l.close()
 		return nil, err
@@ -229,6 +247,10 @@ func (l *loop) now() int64 { return int64(time.Since(l.start)) }
 // run waits for events and handles them until the proxy closes, or stops
 // accepting and has no connection left in this loop.
 func (l *loop) run() {
+	if l.epf == nil {
+		l.runOwned()
+		return
+	}
 	p := l.p
 	for {
 		if p.closing.Load() {
@@ -251,8 +273,8 @@ func (l *loop) run() {
 	}
 }
 
-// poll is the RawConn.Read callback, where the loop does its work: it takes
-// the ready events without blocking and handles them, and asks the
+// poll is the RawConn.Read callback, where a netpoller loop does its work:
+// it takes the ready events without blocking and handles them, and asks the
 // netpoller to park it when there are none. It reports true when run must
 // look at the proxy's state (closing, stopping) or epoll_wait failed.
 //
@@ -277,23 +299,7 @@ func (l *loop) poll(fd uintptr) bool {
 		if n == 0 {
 			return false
 		}
-		again := n == len(l.events)
-		for i := range n {
-			ev := &l.events[i]
-			switch kind := ev.Pad & 3; kind {
-			case evWake:
-				var b [8]byte
-				unix.Read(l.wakefd, b[:])
-				again = true
-			case evListener:
-				l.accept(int(ev.Fd))
-				again = true
-			default:
-				if c := l.lookup(ev.Fd, uint32(ev.Pad)>>2); c != nil {
-					l.handle(c, ev.Fd, int(kind), ev.Events)
-				}
-			}
-		}
+		again := l.dispatch(n)
 		l.timers()
 		if p.closing.Load() || (p.stopping.Load() && l.live == 0) {
 			return true
@@ -303,6 +309,92 @@ func (l *loop) poll(fd uintptr) bool {
 			return false
 		}
 	}
+}
+
+// dispatch handles the first n events of l.events. It reports whether the
+// set may still hold ready events that will not be reported again: it took
+// as many as it could, or one was level-triggered.
+func (l *loop) dispatch(n int) bool {
+	again := n == len(l.events)
+	for i := range n {
+		ev := &l.events[i]
+		switch kind := ev.Pad & 3; kind {
+		case evWake:
+			var b [8]byte
+			unix.Read(l.wakefd, b[:])
+			again = true
+		case evListener:
+			l.accept(int(ev.Fd))
+			again = true
+		default:
+			if c := l.lookup(ev.Fd, uint32(ev.Pad)>>2); c != nil {
+				l.handle(c, ev.Fd, int(kind), ev.Events)
+			}
+		}
+	}
+	return again
+}
+
+// runOwned is run for a loop that owns its thread and P: it blocks in
+// epoll_wait without telling the scheduler (a raw system call), so that an
+// event wakes this thread alone and a loop with nothing to do costs no
+// scheduler work: no netpoller wake-up, no hand-off of the P, no spinning
+// thread. The runtime still reaches it: a preemption signal (a stop of the
+// world, or sysmon after 10ms) interrupts epoll_wait with EINTR, and the
+// next function call yields. Only loops that leave at least one P to the
+// rest of the program run this way (ownedLoops).
+func (l *loop) runOwned() {
+	p := l.p
+	for {
+		if p.closing.Load() {
+			l.resetAll()
+			return
+		}
+		if p.stopping.Load() && l.live == 0 {
+			return
+		}
+		n, errno := epollWaitRaw(l.epfd, l.events[:], l.timeout())
+		switch errno {
+		case 0:
+			l.dispatch(n)
+		case unix.EINTR:
+		default:
+			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), errno))
+		}
+		l.timers()
+	}
+}
+
+// epollWaitRaw is epoll_pwait on epfd with no signal mask, made without
+// entering the scheduler's system call state: the thread keeps its P while
+// it blocks. It is a real call (not inlined) so that a preemption request
+// is honoured at its entry.
+//
+//go:noinline
+func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, unix.Errno) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	return int(n), errno
+}
+
+// timeout returns the epoll_wait timeout of an owned loop, in milliseconds
+// rounded up: until the first dial deadline or the end of an accept pause,
+// or -1 for none.
+func (l *loop) timeout() int {
+	until := int64(-1)
+	if l.dialHead >= 0 {
+		until = l.conn(l.dialHead).deadline
+	}
+	if l.paused && (until < 0 || l.resumeAt < until) {
+		until = l.resumeAt
+	}
+	if until < 0 {
+		return -1
+	}
+	d := until - l.now()
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }
 
 // timers fails the dials past their deadline and ends an accept pause

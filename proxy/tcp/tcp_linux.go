@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -325,10 +324,10 @@ func (p *Proxy) beginServe() ([]*loop, error) {
 	case p.serving:
 		return nil, fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
 	}
-	n := min(runtime.GOMAXPROCS(0), maxLoops)
+	n, owned := loopCount()
 	loops := make([]*loop, 0, n)
-	for range n {
-		l, err := newLoop(p)
+	for i := range n {
+		l, err := newLoop(p, i < owned)
 		if err != nil {
 			for _, l := range loops {
 				l.close()
