@@ -37,6 +37,7 @@ const (
 	pipeSize    = 1 << 20  // F_SETPIPE_SZ of a new pipe (Go's splice uses the same)
 	spliceChunk = 1 << 20  // bytes asked of one splice
 	copyBuf     = 64 << 10 // the loop's buffer when no pipe can be had
+	smallRead   = 4 << 10  // a read through the loop's buffer; a full one starts splicing
 
 	// connEvents is what each socket of a connection is registered for,
 	// once: edge-triggered, so that neither socket is ever modified and
@@ -51,6 +52,7 @@ const (
 	fEOF                  // FIN received from this side
 	fShut                 // FIN sent to this side (shutdown(SHUT_WR), or the close to come)
 	fHup                  // EPOLLRDHUP (or worse) seen: a FIN is queued behind the bytes
+	fBulk                 // the last read filled smallRead: splice until one moves less
 )
 
 // Sides of a connection, and directions: direction d carries the bytes
@@ -119,7 +121,7 @@ type loop struct {
 	dialHead, dialTail int32
 
 	pipes []pipePair // idle, empty pipes
-	buf   []byte     // for copyOnce, made at its first use
+	buf   []byte     // for copySmall and copyOnce, made at the loop's start
 
 	start time.Time // loop time 0
 
@@ -159,7 +161,8 @@ func newLoop(p *Proxy, owned bool) (*loop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1}
+	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1,
+		buf: make([]byte, copyBuf)}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Pad: evWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		l.close()
@@ -769,6 +772,12 @@ func (l *loop) move(c *conn, d int) bool {
 			l.putPipe(c, d)
 			return true
 		}
+		if c.pipe[d].slots == 0 && c.flags[src]&fBulk == 0 && c.flags[dst]&fWritable != 0 {
+			if !l.copySmall(c, d) {
+				return false
+			}
+			continue
+		}
 		if c.pipe[d].slots == 0 {
 			pp, ok := l.getPipe()
 			if !ok {
@@ -789,6 +798,9 @@ func (l *loop) move(c *conn, d int) bool {
 			c.flags[src] |= fEOF
 		default:
 			c.inPipe[d] = uint32(n)
+			if n < smallRead {
+				c.flags[src] &^= fBulk
+			}
 			// A non-blocking splice from a TCP socket into an empty pipe
 			// stops when the receive queue is empty or the pipe is full,
 			// and every pipe buffer holds at least a byte: fewer bytes
@@ -812,14 +824,78 @@ func (l *loop) count(c *conn, d, n int) {
 	}
 }
 
+// copySmall moves what one read of up to smallRead bytes from side d
+// returns to side 1-d, through the loop's buffer: for small messages a read
+// and a write cost less than two splices through a pipe. A read that fills
+// smallRead marks a bulk transfer, which splices from then on. What the
+// other side does not take at once goes into a pipe from the pool (or
+// c.spill when none can be had), and move splices it on from there. It
+// reports false when a socket failed.
+func (l *loop) copySmall(c *conn, d int) bool {
+	src, dst := d, 1-d
+	n, errno := rawRW(unix.SYS_READ, c.fd[src], l.buf[:smallRead])
+	switch {
+	case errno == unix.EAGAIN:
+		c.flags[src] &^= fReadable
+		return true
+	case errno != 0:
+		return false
+	case n == 0:
+		c.flags[src] |= fEOF
+		return true
+	case n == smallRead:
+		c.flags[src] |= fBulk
+	case c.flags[src]&fHup == 0:
+		// A short read from a TCP socket means its queue was empty.
+		c.flags[src] &^= fReadable
+	}
+	w, errno := rawRW(unix.SYS_WRITE, c.fd[dst], l.buf[:n])
+	switch errno {
+	case 0:
+		l.count(c, d, w)
+	case unix.EAGAIN:
+		w = 0
+		c.flags[dst] &^= fWritable
+	default:
+		return false
+	}
+	if w == n {
+		return true
+	}
+	if pp, ok := l.getPipe(); ok {
+		// An empty pipe takes smallRead bytes in one write.
+		k, errno := rawRW(unix.SYS_WRITE, pp.w, l.buf[w:n])
+		if errno != 0 || k != n-w {
+			closePipe(pp)
+			return false
+		}
+		c.pipe[d], c.inPipe[d] = pp, uint32(k)
+		return true
+	}
+	if c.spill == nil {
+		c.spill = new([2][]byte)
+	}
+	c.spill[d] = append(c.spill[d][:0], l.buf[w:n]...)
+	return true
+}
+
+// rawRW reads (trap SYS_READ) or writes (SYS_WRITE) the non-blocking
+// descriptor fd without entering the scheduler's system call state: the
+// call cannot block.
+func rawRW(trap uintptr, fd int32, b []byte) (int, unix.Errno) {
+	for {
+		r, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if errno != unix.EINTR {
+			return int(r), errno
+		}
+	}
+}
+
 // copyOnce moves one read's worth of direction d through the loop's buffer,
 // for when no pipe can be had (EMFILE): what the other side does not take
 // at once waits in c.spill. It reports false when a socket failed.
 func (l *loop) copyOnce(c *conn, d int) bool {
 	src, dst := d, 1-d
-	if l.buf == nil {
-		l.buf = make([]byte, copyBuf)
-	}
 	n, err := unix.Read(int(c.fd[src]), l.buf)
 	switch {
 	case err == unix.EAGAIN:
@@ -855,10 +931,11 @@ func (l *loop) copyOnce(c *conn, d int) bool {
 	return true
 }
 
-// splice moves up to n bytes from in to out without blocking.
+// splice moves up to n bytes from in to out without blocking, so without
+// entering the scheduler's system call state.
 func splice(in, out int32, n int) (int, unix.Errno) {
 	for {
-		r, _, errno := unix.Syscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		r, _, errno := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if errno != unix.EINTR {
 			return int(r), errno
 		}

@@ -619,9 +619,11 @@ func TestRelayUsesSplice(t *testing.T) {
 		}
 	}
 	t.Logf("%d splice calls moved %d bytes for %d bytes relayed", calls, spliced, n)
-	// Every byte goes socket → pipe and pipe → socket.
-	if spliced < 2*n {
-		t.Fatalf("splice moved %d bytes, want at least %d (2 × %d relayed): the relay copies through user space", spliced, 2*n, n)
+	// A bulk transfer goes socket → pipe and pipe → socket; only the
+	// first read of a burst (smallRead bytes) may go through the loop's
+	// buffer, so at least 15/16 of the bytes are spliced twice.
+	if want := 2 * (n - n/16); spliced < want {
+		t.Fatalf("splice moved %d bytes, want at least %d (2 × 15/16 of %d relayed): the relay copies bulk through user space", spliced, want, n)
 	}
 }
 
