@@ -513,7 +513,7 @@ func (l *loop) accept(i int) {
 // connection, asking for no peer address.
 func accept4(fd int) (int, unix.Errno) {
 	for {
-		nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+		nfd, _, errno := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
 		switch errno {
 		case 0:
 			return int(nfd), 0
@@ -564,14 +564,15 @@ func (l *loop) open(i uint32, fd int) {
 		l.dialFailed(c, idx, pt.backendErr)
 		return
 	}
-	bfd, err := unix.Socket(pt.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", err)})
+	r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(pt.family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", errno)})
 		return
 	}
+	bfd := int(r)
 	c.fd[sideBackend] = int32(bfd)
 	setBackendOptions(bfd, p.keepCnt)
-	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+	_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
 	switch errno {
 	case 0, unix.EINPROGRESS:
 	case unix.EADDRNOTAVAIL:
@@ -584,7 +585,7 @@ func (l *loop) open(i uint32, fd int) {
 	tag := int32(c.gen&(1<<30-1)) << 2
 	for side, fd := range c.fd {
 		ev := unix.EpollEvent{Events: connEvents, Fd: idx, Pad: tag | int32(side)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+		if _, _, err := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0); err != 0 {
 			l.dialFailed(c, idx, os.NewSyscallError("epoll_ctl", err))
 			return
 		}
@@ -605,13 +606,32 @@ func (l *loop) open(i uint32, fd int) {
 // setBackendOptions gives a backend socket what the listening sockets give
 // accepted ones: keepalive on keepAlive's schedule and TCP_NODELAY.
 func setBackendOptions(fd int, keepCnt bool) {
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
+	setInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
+	setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
 	if keepCnt {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
+		setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
 	}
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	setInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+}
+
+// The system calls of a connection's life that cannot block (on
+// non-blocking sockets, without SO_LINGER but for resets that drop the
+// queue) are made raw, without the scheduler's entersyscall/exitsyscall.
+
+// setInt sets an int socket option of fd, best effort.
+func setInt(fd, level, opt, v int) {
+	v32 := int32(v)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v32)), 4, 0)
+}
+
+// closeFD closes fd.
+func closeFD(fd int32) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
+
+// shutWrite sends a FIN on fd (shutdown SHUT_WR).
+func shutWrite(fd int32) unix.Errno {
+	_, _, errno := unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0)
+	return errno
 }
 
 // undial takes c off the dial list.
@@ -761,7 +781,7 @@ func (l *loop) move(c *conn, d int) bool {
 				// When the other direction is over too, the close to
 				// come sends this FIN.
 				if !c.ended(dst) {
-					if err := unix.Shutdown(int(c.fd[dst]), unix.SHUT_WR); err != nil {
+					if shutWrite(c.fd[dst]) != 0 {
 						return false
 					}
 				}
@@ -1001,8 +1021,8 @@ func (l *loop) dropPipes(c *conn) {
 func (l *loop) finish(c *conn, idx int32) {
 	l.logClosed(c, "close")
 	l.dropPipes(c)
-	unix.Close(int(c.fd[sideClient]))
-	unix.Close(int(c.fd[sideBackend]))
+	closeFD(c.fd[sideClient])
+	closeFD(c.fd[sideBackend])
 	l.release(c, idx)
 }
 
@@ -1028,8 +1048,8 @@ func (l *loop) reset(c *conn, idx int32, logged bool) {
 var lingerNow = unix.Linger{Onoff: 1, Linger: 0}
 
 func resetFD(fd int) {
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &lingerNow)
-	unix.Close(fd)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&lingerNow)), unsafe.Sizeof(lingerNow), 0)
+	closeFD(int32(fd))
 }
 
 // resetAll resets every connection of the loop; Close calls for it.
