@@ -19,7 +19,7 @@ func TestErrorClasses(t *testing.T) {
 	logger, logs := newRecorder(zapcore.WarnLevel)
 	p := NewListener(loopback(t), Config{Backend: refusedAddr(t), Logger: logger})
 	t.Cleanup(func() { p.Close() })
-	l, err := newLoop(p)
+	l, err := newLoop(p, false) // never run: the test calls its handlers
 	if err != nil {
 		t.Fatalf("newLoop: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"syscall"
 	"time"
 	"unsafe"
@@ -36,6 +37,7 @@ const (
 	pipeSize    = 1 << 20  // F_SETPIPE_SZ of a new pipe (Go's splice uses the same)
 	spliceChunk = 1 << 20  // bytes asked of one splice
 	copyBuf     = 64 << 10 // the loop's buffer when no pipe can be had
+	smallRead   = 4 << 10  // a read through the loop's buffer; a full one starts splicing
 
 	// connEvents is what each socket of a connection is registered for,
 	// once: edge-triggered, so that neither socket is ever modified and
@@ -50,6 +52,7 @@ const (
 	fEOF                  // FIN received from this side
 	fShut                 // FIN sent to this side (shutdown(SHUT_WR), or the close to come)
 	fHup                  // EPOLLRDHUP (or worse) seen: a FIN is queued behind the bytes
+	fBulk                 // the last read filled smallRead: splice until one moves less
 )
 
 // Sides of a connection, and directions: direction d carries the bytes
@@ -118,7 +121,7 @@ type loop struct {
 	dialHead, dialTail int32
 
 	pipes []pipePair // idle, empty pipes
-	buf   []byte     // for copyOnce, made at its first use
+	buf   []byte     // for copySmall and copyOnce, made at the loop's start
 
 	start time.Time // loop time 0
 
@@ -137,7 +140,22 @@ type loop struct {
 	acceptFails int64         // accept errors of class Retry since the last accept
 }
 
-func newLoop(p *Proxy) (*loop, error) {
+// loopCount returns how many event loops a Proxy runs, and how many of
+// them (the first ones) own a thread and a P (runOwned). Owned loops leave
+// one P to the rest of the program; with a single P the one loop parks in
+// the netpoller instead.
+func loopCount() (n, owned int) {
+	procs := runtime.GOMAXPROCS(0)
+	if procs < 2 {
+		return 1, 0
+	}
+	n = min(procs-1, maxLoops)
+	return n, n
+}
+
+// newLoop makes a loop of p; owned says whether it runs runOwned, else it
+// parks in Go's netpoller.
+func newLoop(p *Proxy, owned bool) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -147,23 +165,26 @@ func newLoop(p *Proxy) (*loop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1}
+	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1,
+		buf: make([]byte, copyBuf)}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Pad: evWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		l.close()
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		l.close()
-		return nil, os.NewSyscallError("fcntl", err)
+	if !owned {
+		if err := unix.SetNonblock(epfd, true); err != nil {
+			l.close()
+			return nil, os.NewSyscallError("fcntl", err)
+		}
+		// A non-blocking descriptor goes into Go's netpoller.
+		l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
+		if l.rc, err = l.epf.SyscallConn(); err != nil {
+			l.close()
+			return nil, err
+		}
+		l.pollFn = l.poll
 	}
-	// A non-blocking descriptor goes into Go's netpoller.
-	l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
-	if l.rc, err = l.epf.SyscallConn(); err != nil {
-		l.close()
-		return nil, err
-	}
-	l.pollFn = l.poll
 	if err := l.watchListeners(); err != nil {
 		l.close()
 		return nil, err
@@ -233,6 +254,10 @@ func (l *loop) now() int64 { return int64(time.Since(l.start)) }
 // run waits for events and handles them until the proxy closes, or stops
 // accepting and has no connection left in this loop.
 func (l *loop) run() {
+	if l.epf == nil {
+		l.runOwned()
+		return
+	}
 	p := l.p
 	for {
 		if p.closing.Load() {
@@ -255,8 +280,8 @@ func (l *loop) run() {
 	}
 }
 
-// poll is the RawConn.Read callback, where the loop does its work: it takes
-// the ready events without blocking and handles them, and asks the
+// poll is the RawConn.Read callback, where a netpoller loop does its work:
+// it takes the ready events without blocking and handles them, and asks the
 // netpoller to park it when there are none. It reports true when run must
 // look at the proxy's state (closing, stopping) or epoll_wait failed.
 //
@@ -281,23 +306,7 @@ func (l *loop) poll(fd uintptr) bool {
 		if n == 0 {
 			return false
 		}
-		again := n == len(l.events)
-		for i := range n {
-			ev := &l.events[i]
-			switch kind := ev.Pad & 3; kind {
-			case evWake:
-				var b [8]byte
-				unix.Read(l.wakefd, b[:])
-				again = true
-			case evListener:
-				l.accept(int(ev.Fd))
-				again = true
-			default:
-				if c := l.lookup(ev.Fd, uint32(ev.Pad)>>2); c != nil {
-					l.handle(c, ev.Fd, int(kind), ev.Events)
-				}
-			}
-		}
+		again := l.dispatch(n)
 		l.timers()
 		if p.closing.Load() || (p.stopping.Load() && l.live == 0) {
 			return true
@@ -307,6 +316,92 @@ func (l *loop) poll(fd uintptr) bool {
 			return false
 		}
 	}
+}
+
+// dispatch handles the first n events of l.events. It reports whether the
+// set may still hold ready events that will not be reported again: it took
+// as many as it could, or one was level-triggered.
+func (l *loop) dispatch(n int) bool {
+	again := n == len(l.events)
+	for i := range n {
+		ev := &l.events[i]
+		switch kind := ev.Pad & 3; kind {
+		case evWake:
+			var b [8]byte
+			unix.Read(l.wakefd, b[:])
+			again = true
+		case evListener:
+			l.accept(int(ev.Fd))
+			again = true
+		default:
+			if c := l.lookup(ev.Fd, uint32(ev.Pad)>>2); c != nil {
+				l.handle(c, ev.Fd, int(kind), ev.Events)
+			}
+		}
+	}
+	return again
+}
+
+// runOwned is run for a loop that owns its thread and P: it blocks in
+// epoll_wait without telling the scheduler (a raw system call), so that an
+// event wakes this thread alone and a loop with nothing to do costs no
+// scheduler work: no netpoller wake-up, no hand-off of the P, no spinning
+// thread. The runtime still reaches it: a preemption signal (a stop of the
+// world, or sysmon after 10ms) interrupts epoll_wait with EINTR, and the
+// next function call yields. Only loops that leave at least one P to the
+// rest of the program run this way (ownedLoops).
+func (l *loop) runOwned() {
+	p := l.p
+	for {
+		if p.closing.Load() {
+			l.resetAll()
+			return
+		}
+		if p.stopping.Load() && l.live == 0 {
+			return
+		}
+		n, errno := epollWaitRaw(l.epfd, l.events[:], l.timeout())
+		switch errno {
+		case 0:
+			l.dispatch(n)
+		case unix.EINTR:
+		default:
+			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), errno))
+		}
+		l.timers()
+	}
+}
+
+// epollWaitRaw is epoll_pwait on epfd with no signal mask, made without
+// entering the scheduler's system call state: the thread keeps its P while
+// it blocks. It is a real call (not inlined) so that a preemption request
+// is honoured at its entry.
+//
+//go:noinline
+func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, unix.Errno) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	return int(n), errno
+}
+
+// timeout returns the epoll_wait timeout of an owned loop, in milliseconds
+// rounded up: until the first dial deadline or the end of an accept pause,
+// or -1 for none.
+func (l *loop) timeout() int {
+	until := int64(-1)
+	if l.dialHead >= 0 {
+		until = l.conn(l.dialHead).deadline
+	}
+	if l.paused && (until < 0 || l.resumeAt < until) {
+		until = l.resumeAt
+	}
+	if until < 0 {
+		return -1
+	}
+	d := until - l.now()
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }
 
 // timers fails the dials past their deadline and ends an accept pause
@@ -427,7 +522,7 @@ func (l *loop) accept(i int) {
 // connection, asking for no peer address.
 func accept4(fd int) (int, unix.Errno) {
 	for {
-		nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+		nfd, _, errno := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
 		switch errno {
 		case 0:
 			return int(nfd), 0
@@ -486,14 +581,15 @@ func (l *loop) open(i uint32, fd int) {
 		l.dialFailed(c, idx, pt.backendErr)
 		return
 	}
-	bfd, err := unix.Socket(pt.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", err)})
+	r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(pt.family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", errno)})
 		return
 	}
+	bfd := int(r)
 	c.fd[sideBackend] = int32(bfd)
 	setBackendOptions(bfd, p.keepCnt)
-	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+	_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
 	switch errno {
 	case 0, unix.EINPROGRESS:
 	default:
@@ -503,7 +599,7 @@ func (l *loop) open(i uint32, fd int) {
 	tag := int32(c.gen&(1<<30-1)) << 2
 	for side, fd := range c.fd {
 		ev := unix.EpollEvent{Events: connEvents, Fd: idx, Pad: tag | int32(side)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+		if _, _, err := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0); err != 0 {
 			l.dialFailed(c, idx, os.NewSyscallError("epoll_ctl", err))
 			return
 		}
@@ -524,13 +620,32 @@ func (l *loop) open(i uint32, fd int) {
 // setBackendOptions gives a backend socket what the listening sockets give
 // accepted ones: keepalive on keepAlive's schedule and TCP_NODELAY.
 func setBackendOptions(fd int, keepCnt bool) {
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
+	setInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
+	setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
 	if keepCnt {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
+		setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
 	}
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	setInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+}
+
+// The system calls of a connection's life that cannot block (on
+// non-blocking sockets, without SO_LINGER but for resets that drop the
+// queue) are made raw, without the scheduler's entersyscall/exitsyscall.
+
+// setInt sets an int socket option of fd, best effort.
+func setInt(fd, level, opt, v int) {
+	v32 := int32(v)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v32)), 4, 0)
+}
+
+// closeFD closes fd.
+func closeFD(fd int32) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
+
+// shutWrite sends a FIN on fd (shutdown SHUT_WR).
+func shutWrite(fd int32) unix.Errno {
+	_, _, errno := unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0)
+	return errno
 }
 
 // undial takes c off the dial list.
@@ -672,7 +787,7 @@ func (l *loop) move(c *conn, d int) bool {
 				// When the other direction is over too, the close to
 				// come sends this FIN.
 				if !c.ended(dst) {
-					if err := unix.Shutdown(int(c.fd[dst]), unix.SHUT_WR); err != nil {
+					if shutWrite(c.fd[dst]) != 0 {
 						return false
 					}
 				}
@@ -682,6 +797,12 @@ func (l *loop) move(c *conn, d int) bool {
 		if c.flags[src]&fReadable == 0 {
 			l.putPipe(c, d)
 			return true
+		}
+		if c.pipe[d].slots == 0 && c.flags[src]&fBulk == 0 && c.flags[dst]&fWritable != 0 {
+			if !l.copySmall(c, d) {
+				return false
+			}
+			continue
 		}
 		if c.pipe[d].slots == 0 {
 			pp, ok := l.getPipe()
@@ -703,6 +824,9 @@ func (l *loop) move(c *conn, d int) bool {
 			c.flags[src] |= fEOF
 		default:
 			c.inPipe[d] = uint32(n)
+			if n < smallRead {
+				c.flags[src] &^= fBulk
+			}
 			// A non-blocking splice from a TCP socket into an empty pipe
 			// stops when the receive queue is empty or the pipe is full,
 			// and every pipe buffer holds at least a byte: fewer bytes
@@ -726,14 +850,78 @@ func (l *loop) count(c *conn, d, n int) {
 	}
 }
 
+// copySmall moves what one read of up to smallRead bytes from side d
+// returns to side 1-d, through the loop's buffer: for small messages a read
+// and a write cost less than two splices through a pipe. A read that fills
+// smallRead marks a bulk transfer, which splices from then on. What the
+// other side does not take at once goes into a pipe from the pool (or
+// c.spill when none can be had), and move splices it on from there. It
+// reports false when a socket failed.
+func (l *loop) copySmall(c *conn, d int) bool {
+	src, dst := d, 1-d
+	n, errno := rawRW(unix.SYS_READ, c.fd[src], l.buf[:smallRead])
+	switch {
+	case errno == unix.EAGAIN:
+		c.flags[src] &^= fReadable
+		return true
+	case errno != 0:
+		return false
+	case n == 0:
+		c.flags[src] |= fEOF
+		return true
+	case n == smallRead:
+		c.flags[src] |= fBulk
+	case c.flags[src]&fHup == 0:
+		// A short read from a TCP socket means its queue was empty.
+		c.flags[src] &^= fReadable
+	}
+	w, errno := rawRW(unix.SYS_WRITE, c.fd[dst], l.buf[:n])
+	switch errno {
+	case 0:
+		l.count(c, d, w)
+	case unix.EAGAIN:
+		w = 0
+		c.flags[dst] &^= fWritable
+	default:
+		return false
+	}
+	if w == n {
+		return true
+	}
+	if pp, ok := l.getPipe(); ok {
+		// An empty pipe takes smallRead bytes in one write.
+		k, errno := rawRW(unix.SYS_WRITE, pp.w, l.buf[w:n])
+		if errno != 0 || k != n-w {
+			closePipe(pp)
+			return false
+		}
+		c.pipe[d], c.inPipe[d] = pp, uint32(k)
+		return true
+	}
+	if c.spill == nil {
+		c.spill = new([2][]byte)
+	}
+	c.spill[d] = append(c.spill[d][:0], l.buf[w:n]...)
+	return true
+}
+
+// rawRW reads (trap SYS_READ) or writes (SYS_WRITE) the non-blocking
+// descriptor fd without entering the scheduler's system call state: the
+// call cannot block.
+func rawRW(trap uintptr, fd int32, b []byte) (int, unix.Errno) {
+	for {
+		r, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if errno != unix.EINTR {
+			return int(r), errno
+		}
+	}
+}
+
 // copyOnce moves one read's worth of direction d through the loop's buffer,
 // for when no pipe can be had (EMFILE): what the other side does not take
 // at once waits in c.spill. It reports false when a socket failed.
 func (l *loop) copyOnce(c *conn, d int) bool {
 	src, dst := d, 1-d
-	if l.buf == nil {
-		l.buf = make([]byte, copyBuf)
-	}
 	n, err := unix.Read(int(c.fd[src]), l.buf)
 	switch {
 	case err == unix.EAGAIN:
@@ -769,10 +957,11 @@ func (l *loop) copyOnce(c *conn, d int) bool {
 	return true
 }
 
-// splice moves up to n bytes from in to out without blocking.
+// splice moves up to n bytes from in to out without blocking, so without
+// entering the scheduler's system call state.
 func splice(in, out int32, n int) (int, unix.Errno) {
 	for {
-		r, _, errno := unix.Syscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		r, _, errno := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if errno != unix.EINTR {
 			return int(r), errno
 		}
@@ -838,8 +1027,8 @@ func (l *loop) dropPipes(c *conn) {
 func (l *loop) finish(c *conn, idx int32) {
 	l.logClosed(c, "close")
 	l.dropPipes(c)
-	unix.Close(int(c.fd[sideClient]))
-	unix.Close(int(c.fd[sideBackend]))
+	closeFD(c.fd[sideClient])
+	closeFD(c.fd[sideBackend])
 	l.release(c, idx)
 }
 
@@ -865,8 +1054,8 @@ func (l *loop) reset(c *conn, idx int32, logged bool) {
 var lingerNow = unix.Linger{Onoff: 1, Linger: 0}
 
 func resetFD(fd int) {
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &lingerNow)
-	unix.Close(fd)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&lingerNow)), unsafe.Sizeof(lingerNow), 0)
+	closeFD(int32(fd))
 }
 
 // resetAll resets every connection of the loop; Close calls for it.

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -333,7 +332,8 @@ func (p *Proxy) beginServe() (*loop, error) {
 	case p.serving:
 		return nil, fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
 	}
-	l, err := newLoop(p)
+	_, owned := loopCount()
+	l, err := newLoop(p, owned > 0)
 	if err != nil {
 		return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), err)
 	}
@@ -343,19 +343,21 @@ func (p *Proxy) beginServe() (*loop, error) {
 }
 
 // startLoops starts the event loops that first, the loop Serve runs, left
-// for later: one per P (GOMAXPROCS now) up to maxLoops in all. The first
-// loop calls it when it accepts a connection while it has one open. A loop
+// for later, up to loopCount's number. The first
+// loop calls it when it accepts a connection while it has one open. How
+// many there are, and which own their thread, is loopCount's. A loop
 // that cannot be created (EMFILE) is logged and the proxy relays with the
 // loops it has.
 func (p *Proxy) startLoops(first *loop) {
 	first.grows = false
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for len(p.loops) < min(runtime.GOMAXPROCS(0), maxLoops) {
+	n, owned := loopCount()
+	for len(p.loops) < n {
 		if p.stopping.Load() { // Close, Shutdown or fail ran: no new loop
 			return
 		}
-		l, err := newLoop(p)
+		l, err := newLoop(p, len(p.loops) < owned)
 		if err != nil {
 			p.log.Warn("cannot start another event loop; relaying with fewer",
 				logging.Int("loops", len(p.loops)), logging.Err(err))

@@ -619,9 +619,11 @@ func TestRelayUsesSplice(t *testing.T) {
 		}
 	}
 	t.Logf("%d splice calls moved %d bytes for %d bytes relayed", calls, spliced, n)
-	// Every byte goes socket → pipe and pipe → socket.
-	if spliced < 2*n {
-		t.Fatalf("splice moved %d bytes, want at least %d (2 × %d relayed): the relay copies through user space", spliced, 2*n, n)
+	// A bulk transfer goes socket → pipe and pipe → socket; only the
+	// first read of a burst (smallRead bytes) may go through the loop's
+	// buffer, so at least 15/16 of the bytes are spliced twice.
+	if want := 2 * (n - n/16); spliced < want {
+		t.Fatalf("splice moved %d bytes, want at least %d (2 × 15/16 of %d relayed): the relay copies bulk through user space", spliced, want, n)
 	}
 }
 
@@ -750,11 +752,10 @@ func TestRangeSharedSocket(t *testing.T) {
 	greet(t, dial(t, addrs[1]), "backend 1:")
 }
 
-// TestRangeOneGoroutine checks that a range costs one goroutine per event
-// loop however many sockets it has, not one per socket.
 // TestRangeLoops: a range relays in one event loop (one goroutine) while
 // its connections come one at a time, and in one loop per P (up to
-// maxLoops) from the first time two are open at once.
+// maxLoops, as loopCount says) from the first time two are open at once:
+// one goroutine per event loop however many sockets it has.
 func TestRangeLoops(t *testing.T) {
 	const n = 50
 	p, addrs, _ := startRange(t, n, Config{})
@@ -778,9 +779,9 @@ func TestRangeLoops(t *testing.T) {
 	greet(t, c0, "backend 0:")
 	c1 := dial(t, addrs[1])
 	greet(t, c1, "backend 1:")
-	want := min(runtime.GOMAXPROCS(0), maxLoops)
+	want, _ := loopCount()
 	if got := loops(); got != want {
-		t.Fatalf("with two connections open, the range runs %d event loops, want %d (one per P)", got, want)
+		t.Fatalf("with two connections open, the range runs %d event loops, want %d (loopCount)", got, want)
 	}
 	// Every loop accepts: more connections, each relayed, whichever loop
 	// takes it.
