@@ -107,7 +107,8 @@ type loop struct {
 	// no hand-off of the P and no extra thread to wake.
 	epf     *os.File
 	rc      syscall.RawConn
-	pollFn  func(fd uintptr) bool // l.poll, bound once
+	pollFn  func(fd uintptr) bool // l.poll or l.pollOnce, bound once
+	owned   bool                  // runs runOwned
 	pollErr error
 	armed   int64 // the epoll file's read deadline, in loop time; -1 for none
 
@@ -172,18 +173,22 @@ func newLoop(p *Proxy, owned bool) (*loop, error) {
 		l.close()
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	if !owned {
-		if err := unix.SetNonblock(epfd, true); err != nil {
-			l.close()
-			return nil, os.NewSyscallError("fcntl", err)
-		}
-		// A non-blocking descriptor goes into Go's netpoller.
-		l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
-		if l.rc, err = l.epf.SyscallConn(); err != nil {
-			l.close()
-			return nil, err
-		}
-		l.pollFn = l.poll
+	// Every loop's epoll descriptor goes into Go's netpoller (a
+	// non-blocking descriptor does): an owned loop parks there too once it
+	// has been idle for ownedIdle.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		l.close()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
+	if l.rc, err = l.epf.SyscallConn(); err != nil {
+		l.close()
+		return nil, err
+	}
+	l.owned = owned
+	l.pollFn = l.poll
+	if owned {
+		l.pollFn = l.pollOnce
 	}
 	if err := l.watchListeners(); err != nil {
 		l.close()
@@ -232,7 +237,7 @@ func (l *loop) unwatchListeners() {
 func (l *loop) close() {
 	if l.epf != nil {
 		l.epf.Close()
-	} else {
+	} else { // newLoop failed before the netpoller had it
 		unix.Close(l.epfd)
 	}
 	unix.Close(l.wakefd)
@@ -254,7 +259,7 @@ func (l *loop) now() int64 { return int64(time.Since(l.start)) }
 // run waits for events and handles them until the proxy closes, or stops
 // accepting and has no connection left in this loop.
 func (l *loop) run() {
-	if l.epf == nil {
+	if l.owned {
 		l.runOwned()
 		return
 	}
@@ -349,7 +354,13 @@ func (l *loop) dispatch(n int) bool {
 // thread. The runtime still reaches it: a preemption signal (a stop of the
 // world, or sysmon after 10ms) interrupts epoll_wait with EINTR, and the
 // next function call yields. Only loops that leave at least one P to the
-// rest of the program run this way (ownedLoops).
+// rest of the program run this way (loopCount).
+//
+// A thread blocked in a raw system call looks busy to the runtime, whose
+// sysmon would then preempt it every 10ms for as long as it waits. So an
+// owned loop waits that way only while events keep coming: after ownedIdle
+// without one it parks in the netpoller, as other loops do, until the next
+// event, and an idle process makes no wake-ups at all.
 func (l *loop) runOwned() {
 	p := l.p
 	for {
@@ -360,15 +371,67 @@ func (l *loop) runOwned() {
 		if p.stopping.Load() && l.live == 0 {
 			return
 		}
-		n, errno := epollWaitRaw(l.epfd, l.events[:], l.timeout())
-		switch errno {
-		case 0:
+		msec, idle := l.timeout(), false
+		if msec < 0 || msec > ownedIdle {
+			msec, idle = ownedIdle, true
+		}
+		n, errno := epollWaitRaw(l.epfd, l.events[:], msec)
+		switch {
+		case errno == 0 && n > 0:
 			l.dispatch(n)
-		case unix.EINTR:
+		case errno == 0 && idle:
+			l.timers()
+			l.park()
+		case errno == 0, errno == unix.EINTR:
 		default:
 			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), errno))
 		}
 		l.timers()
+	}
+}
+
+// ownedIdle is how long, in milliseconds, an owned loop blocks in
+// epoll_wait with no event before it parks in the netpoller.
+const ownedIdle = 4
+
+// park waits in the netpoller until the loop's epoll set has events, a
+// timer is due or the proxy is stopping, and handles the events that woke
+// it (pollOnce).
+func (l *loop) park() {
+	if l.p.closing.Load() || (l.p.stopping.Load() && l.live == 0) {
+		return
+	}
+	l.arm()
+	l.pollErr = nil
+	err := l.rc.Read(l.pollFn)
+	if err == nil {
+		err = l.pollErr
+	}
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		l.p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", l.p.Addr(), err))
+	}
+}
+
+// pollOnce is an owned loop's RawConn.Read callback: like poll, but it
+// returns (to runOwned) as soon as it has handled some events.
+func (l *loop) pollOnce(fd uintptr) bool {
+	handled := false
+	for {
+		n, err := unix.EpollWait(int(fd), l.events[:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			l.pollErr = err
+			return true
+		}
+		if n == 0 {
+			return handled || l.p.closing.Load() || (l.p.stopping.Load() && l.live == 0)
+		}
+		handled = true
+		if !l.dispatch(n) {
+			return true
+		}
 	}
 }
 

@@ -1,0 +1,69 @@
+package main_test
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestIdleNoWakeups: an idle hostproxy, TCP and UDP, after relaying a
+// connection or datagram, sleeps: its threads are not woken (no context
+// switches) while nothing arrives, as docker-proxy's are not. A relay
+// thread that blocked outside the scheduler would be woken every 10ms by
+// the runtime's preemption, about 240 times a second.
+func TestIdleNoWakeups(t *testing.T) {
+	for _, proto := range []string{"tcp", "udp"} {
+		t.Run(proto, func(t *testing.T) {
+			t.Parallel()
+			lo := netip.MustParseAddr("127.0.0.1")
+			backend := echo(t, proto, lo, 0, "backend:")
+			var host netip.AddrPort
+			p := startOnFreePorts(t, spawn{}, func() ([]string, string) {
+				host = netip.AddrPortFrom(lo, freePort(t, lo))
+				return engineArgs(proto, host, backend), "0\n"
+			})
+			check(t, proto, host, "backend:")
+			// Let the relay settle (the flow or connection ends, the
+			// runtime's threads go to sleep), then count.
+			const settle, window = time.Second, 2 * time.Second
+			time.Sleep(settle)
+			before := contextSwitches(t, p.cmd.Process.Pid)
+			time.Sleep(window)
+			after := contextSwitches(t, p.cmd.Process.Pid)
+			if n := after - before; n > 10 {
+				t.Errorf("idle for %v, hostproxy's threads were switched %d times, want at most 10", window, n)
+			}
+			p.stop(t, syscall.SIGTERM)
+		})
+	}
+}
+
+// contextSwitches sums the voluntary and involuntary context switches of
+// every thread of the process pid.
+func contextSwitches(t *testing.T, pid int) int {
+	t.Helper()
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "status"))
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				sum += n
+			}
+		}
+	}
+	return sum
+}
