@@ -179,7 +179,7 @@ func splitHostList(s string) ([]string, error) {
 			}
 			field, s = s[:end+1], s[end+1:]
 			if s != "" && s[0] != ':' {
-				return nil, fmt.Errorf("unexpected %q after %s", s, field)
+				return nil, fmt.Errorf("unexpected %q after %q", s, field)
 			}
 		} else {
 			end := strings.IndexByte(s, ':')
@@ -205,7 +205,7 @@ func parseTarget(s string) (string, error) {
 	if strings.HasPrefix(s, "[") {
 		a, err := parseAddr(s)
 		if err != nil || !a.Is6() {
-			return "", fmt.Errorf("target %s is not an IPv6 address", s)
+			return "", fmt.Errorf("target %q is not an IPv6 address", s)
 		}
 		return a.String(), nil
 	}
