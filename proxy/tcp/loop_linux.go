@@ -107,7 +107,7 @@ type loop struct {
 	// no hand-off of the P and no extra thread to wake.
 	epf     *os.File
 	rc      syscall.RawConn
-	pollFn  func(fd uintptr) bool // l.poll or l.pollOnce, bound once
+	pollFn  func(fd uintptr) bool // l.poll, bound once
 	owned   bool                  // runs runOwned
 	pollErr error
 	armed   int64 // the epoll file's read deadline, in loop time; -1 for none
@@ -187,9 +187,6 @@ func newLoop(p *Proxy, owned bool) (*loop, error) {
 	}
 	l.owned = owned
 	l.pollFn = l.poll
-	if owned {
-		l.pollFn = l.pollOnce
-	}
 	if err := l.watchListeners(); err != nil {
 		l.close()
 		return nil, err
@@ -272,15 +269,7 @@ func (l *loop) run() {
 		if p.stopping.Load() && l.live == 0 {
 			return
 		}
-		l.arm()
-		l.pollErr = nil
-		err := l.rc.Read(l.pollFn)
-		if err == nil {
-			err = l.pollErr
-		}
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), err))
-		}
+		l.park()
 		l.timers()
 	}
 }
@@ -297,8 +286,12 @@ func (l *loop) run() {
 // which wakes the park or keeps it from starting. Level-triggered ones
 // (listening sockets, the wake eventfd) may still be ready without a new
 // event, so after those it looks again first.
+//
+// An owned loop parked here (park) returns to its own wait as soon as it
+// has handled some events.
 func (l *loop) poll(fd uintptr) bool {
 	p := l.p
+	handled := false
 	for {
 		n, err := unix.EpollWait(int(fd), l.events[:], 0)
 		if err == unix.EINTR {
@@ -309,9 +302,13 @@ func (l *loop) poll(fd uintptr) bool {
 			return true
 		}
 		if n == 0 {
-			return false
+			return l.owned && handled
 		}
+		handled = true
 		again := l.dispatch(n)
+		if l.owned && !again {
+			return true
+		}
 		l.timers()
 		if p.closing.Load() || (p.stopping.Load() && l.live == 0) {
 			return true
@@ -396,7 +393,7 @@ const ownedIdle = 4
 
 // park waits in the netpoller until the loop's epoll set has events, a
 // timer is due or the proxy is stopping, and handles the events that woke
-// it (pollOnce).
+// it (poll).
 func (l *loop) park() {
 	if l.p.closing.Load() || (l.p.stopping.Load() && l.live == 0) {
 		return
@@ -409,29 +406,6 @@ func (l *loop) park() {
 	}
 	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		l.p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", l.p.Addr(), err))
-	}
-}
-
-// pollOnce is an owned loop's RawConn.Read callback: like poll, but it
-// returns (to runOwned) as soon as it has handled some events.
-func (l *loop) pollOnce(fd uintptr) bool {
-	handled := false
-	for {
-		n, err := unix.EpollWait(int(fd), l.events[:], 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			l.pollErr = err
-			return true
-		}
-		if n == 0 {
-			return handled || l.p.closing.Load() || (l.p.stopping.Load() && l.live == 0)
-		}
-		handled = true
-		if !l.dispatch(n) {
-			return true
-		}
 	}
 }
 
