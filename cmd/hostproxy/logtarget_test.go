@@ -18,20 +18,11 @@ import (
 
 // journal is a unixgram socket standing in for journald's, passed to
 // hostproxy through its test-only variable.
-type journal struct {
-	path string
-	c    *net.UnixConn
-}
+type journal struct{ dgramSocket }
 
 func listenJournal(t *testing.T) *journal {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "journal.socket")
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &journal{path: path, c: c}
+	return &journal{listenDgram(t, "journal.socket")}
 }
 
 func (j *journal) env() []string {

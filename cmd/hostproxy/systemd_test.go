@@ -62,22 +62,30 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// notifySocket is a unixgram socket standing in for systemd's notification
-// socket.
-type notifySocket struct {
+// dgramSocket is a unixgram socket the test listens on, in a directory of
+// its own, standing in for systemd's notification socket or journald's.
+type dgramSocket struct {
 	path string
 	c    *net.UnixConn
 }
 
-func listenNotify(t *testing.T) *notifySocket {
+func listenDgram(t *testing.T, name string) dgramSocket {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify")
+	path := filepath.Join(t.TempDir(), name)
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &notifySocket{path: path, c: c}
+	return dgramSocket{path: path, c: c}
+}
+
+// notifySocket stands in for systemd's notification socket.
+type notifySocket struct{ dgramSocket }
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	return &notifySocket{listenDgram(t, "notify")}
 }
 
 // expect reads the next notification and requires that it holds every
