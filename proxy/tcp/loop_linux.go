@@ -101,10 +101,13 @@ type loop struct {
 	wakefd int // eventfd: Close and Shutdown wake the loop with it
 	events [maxEvents]unix.EpollEvent
 
-	// The epoll descriptor sits in Go's netpoller (it is readable while
-	// any socket in it has events), so a loop with nothing to do parks its
-	// goroutine, not a thread in epoll_wait: no blocking system call, so
-	// no hand-off of the P and no extra thread to wake.
+	// A loop that does not own a thread has its epoll descriptor in Go's
+	// netpoller (it is readable while any socket in it has events), so
+	// with nothing to do it parks its goroutine, not a thread in
+	// epoll_wait: no blocking system call, so no hand-off of the P and no
+	// extra thread to wake. An owned loop's descriptor stays out of it
+	// (epf is nil): the netpoller would otherwise be woken by every event
+	// the loop takes itself.
 	epf     *os.File
 	rc      syscall.RawConn
 	pollFn  func(fd uintptr) bool // l.poll, bound once
@@ -173,20 +176,21 @@ func newLoop(p *Proxy, owned bool) (*loop, error) {
 		l.close()
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	// Every loop's epoll descriptor goes into Go's netpoller (a
-	// non-blocking descriptor does): an owned loop parks there too once it
-	// has been idle for ownedIdle.
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		l.close()
-		return nil, os.NewSyscallError("fcntl", err)
-	}
-	l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
-	if l.rc, err = l.epf.SyscallConn(); err != nil {
-		l.close()
-		return nil, err
-	}
 	l.owned = owned
-	l.pollFn = l.poll
+	if !owned {
+		// The epoll descriptor goes into Go's netpoller (a non-blocking
+		// descriptor does).
+		if err := unix.SetNonblock(epfd, true); err != nil {
+			l.close()
+			return nil, os.NewSyscallError("fcntl", err)
+		}
+		l.epf = os.NewFile(uintptr(epfd), "tcp relay epoll")
+		if l.rc, err = l.epf.SyscallConn(); err != nil {
+			l.close()
+			return nil, err
+		}
+		l.pollFn = l.poll
+	}
 	if err := l.watchListeners(); err != nil {
 		l.close()
 		return nil, err
@@ -234,7 +238,7 @@ func (l *loop) unwatchListeners() {
 func (l *loop) close() {
 	if l.epf != nil {
 		l.epf.Close()
-	} else { // newLoop failed before the netpoller had it
+	} else { // owned, or newLoop failed before the netpoller had it
 		unix.Close(l.epfd)
 	}
 	unix.Close(l.wakefd)
@@ -286,12 +290,8 @@ func (l *loop) run() {
 // which wakes the park or keeps it from starting. Level-triggered ones
 // (listening sockets, the wake eventfd) may still be ready without a new
 // event, so after those it looks again first.
-//
-// An owned loop parked here (park) returns to its own wait as soon as it
-// has handled some events.
 func (l *loop) poll(fd uintptr) bool {
 	p := l.p
-	handled := false
 	for {
 		n, err := unix.EpollWait(int(fd), l.events[:], 0)
 		if err == unix.EINTR {
@@ -302,13 +302,9 @@ func (l *loop) poll(fd uintptr) bool {
 			return true
 		}
 		if n == 0 {
-			return l.owned && handled
+			return false
 		}
-		handled = true
 		again := l.dispatch(n)
-		if l.owned && !again {
-			return true
-		}
 		l.timers()
 		if p.closing.Load() || (p.stopping.Load() && l.live == 0) {
 			return true
@@ -356,8 +352,9 @@ func (l *loop) dispatch(n int) bool {
 // A thread blocked in a raw system call looks busy to the runtime, whose
 // sysmon would then preempt it every 10ms for as long as it waits. So an
 // owned loop waits that way only while events keep coming: after ownedIdle
-// without one it parks in the netpoller, as other loops do, until the next
-// event, and an idle process makes no wake-ups at all.
+// without one it waits in an ordinary epoll_wait (idleWait), which hands
+// its P back to the runtime, until the next event or timer, and an idle
+// process makes no wake-ups at all.
 func (l *loop) runOwned() {
 	p := l.p
 	for {
@@ -378,7 +375,7 @@ func (l *loop) runOwned() {
 			l.dispatch(n)
 		case errno == 0 && idle:
 			l.timers()
-			l.park()
+			l.idleWait()
 		case errno == 0, errno == unix.EINTR:
 		default:
 			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), errno))
@@ -387,9 +384,30 @@ func (l *loop) runOwned() {
 	}
 }
 
-// ownedIdle is how long, in milliseconds, an owned loop blocks in
-// epoll_wait with no event before it parks in the netpoller.
+// ownedIdle is how long, in milliseconds, an owned loop blocks in a raw
+// epoll_wait with no event before it waits in an ordinary one.
 const ownedIdle = 4
+
+// idleWait is an owned loop's wait once it has been idle for ownedIdle: an
+// epoll_wait the scheduler sees as a blocking system call, so that the
+// runtime takes the P back and, with nothing else to run, sleeps without
+// waking this thread. It handles the events that end it.
+func (l *loop) idleWait() {
+	p := l.p
+	for !p.closing.Load() && (!p.stopping.Load() || l.live > 0) {
+		n, err := unix.EpollWait(l.epfd, l.events[:], l.timeout())
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), err))
+			return
+		case n > 0:
+			l.dispatch(n)
+		}
+		return
+	}
+}
 
 // park waits in the netpoller until the loop's epoll set has events, a
 // timer is due or the proxy is stopping, and handles the events that woke
