@@ -66,6 +66,12 @@ type Config struct {
 	// new client arrives with the table full, the least recently used flow
 	// is closed to make room.
 	MaxFlows int
+	// Transparent makes each flow's socket leave from the client's own
+	// address, and its port where free (IP_TRANSPARENT /
+	// IPV6_TRANSPARENT), so that the backend sees the client; see the
+	// package comment. New fails when the process may not set the option
+	// (it needs CAP_NET_ADMIN).
+	Transparent bool
 	// Logger receives warnings and errors; nil discards them.
 	Logger *logging.Logger
 }

@@ -90,6 +90,10 @@ type Proxy struct {
 	gso        bool // UDP_SEGMENT works; turned off for good on EIO
 	gro        bool // UDP_GRO is on on the host socket
 	flowGRO    bool // UDP_GRO is turned on on new flow sockets
+	// transparent: flow sockets leave from the client's address
+	// (Config.Transparent); familyLogged: the fallback for a client of the
+	// other family than the backend was logged.
+	transparent, familyLogged bool
 
 	// One limiter per kind of failure: at most a line per
 	// proxy.DefaultLogEvery each.
@@ -156,6 +160,12 @@ func newMember(f *os.File, cfg Config) (*Proxy, error) {
 	} else {
 		p.bfamily = unix.AF_INET6
 		p.bsa = &unix.SockaddrInet6{Port: int(backend.Port()), Addr: backend.Addr().As16()}
+	}
+	if cfg.Transparent {
+		if err := probeTransparent(p.bfamily); err != nil {
+			return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
+		}
+		p.transparent = true
 	}
 	if err := p.open(f); err != nil {
 		p.release()

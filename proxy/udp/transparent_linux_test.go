@@ -1,0 +1,517 @@
+package udp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostproxy/hostproxy/internal/testenv"
+	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/sockopt"
+)
+
+// The transparent topology, in namespaces the test creates; no DNAT and no
+// forwarding, so only the relay carries the traffic:
+//
+//	clients 10.78.1.2-4 ── 10.78.1.1, 10.78.1.11 host 10.78.2.1 ── 10.78.2.2 container
+//
+// The client and the container route through the host.
+var (
+	tpClients   = []netip.Addr{netip.MustParseAddr("10.78.1.2"), netip.MustParseAddr("10.78.1.3"), netip.MustParseAddr("10.78.1.4")}
+	tpHostOut   = netip.MustParseAddr("10.78.1.1")  // a published address
+	tpHostOut2  = netip.MustParseAddr("10.78.1.11") // another address of the same mapping
+	tpHostIn    = netip.MustParseAddr("10.78.2.1")  // the host's side toward the container
+	tpContainer = netip.MustParseAddr("10.78.2.2")
+	tpBackend   = netip.AddrPortFrom(tpContainer, 5300)
+)
+
+var tpSeq atomic.Int32
+
+// tpNetns is a network namespace the test created (ip netns add).
+type tpNetns string
+
+func newTPNetns(t *testing.T, role string) tpNetns {
+	t.Helper()
+	n := tpNetns(fmt.Sprintf("hp_tpu_%d_%d_%s", os.Getpid(), tpSeq.Add(1), role))
+	tpRun(t, "ip", "netns", "add", string(n))
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", string(n)).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", n, err, out)
+		}
+	})
+	tpRun(t, "ip", "-n", string(n), "link", "set", "lo", "up")
+	return n
+}
+
+func tpRun(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// enter moves the calling thread, which the caller has locked, into n.
+func (n tpNetns) enter() error {
+	f, err := os.Open("/run/netns/" + string(n))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("setns %s: %w", n, err)
+	}
+	return nil
+}
+
+// do runs fn on a thread inside n; the sockets fn creates belong to n for
+// their whole life. The thread is discarded afterwards (the goroutine ends
+// locked), so no other goroutine ever runs in n by accident.
+func (n tpNetns) do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := n.enter(); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+func (n tpNetns) listenUDP(t *testing.T, addr netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := n.do(func() (err error) {
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+		return err
+	}); err != nil {
+		t.Fatalf("listen %s/udp in %s: %v", addr, n, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+type tpTopo struct{ client, host, ctr tpNetns }
+
+// newTPTopo builds the topology. With rules, the host gets the rules every
+// transparent proxy needs (docs/client-address.md); with forward, the host
+// forwards between its links (off by default in a new namespace).
+func newTPTopo(t *testing.T, rules, forward bool) *tpTopo {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip")
+	if rules {
+		testenv.RequireCommand(t, "nft")
+	}
+	tp := &tpTopo{newTPNetns(t, "cl"), newTPNetns(t, "host"), newTPNetns(t, "ctr")}
+	tpRun(t, "ip", "link", "add", "tp-c", "netns", string(tp.client), "type", "veth", "peer", "name", "tp-h0", "netns", string(tp.host))
+	tpRun(t, "ip", "link", "add", "tp-k", "netns", string(tp.ctr), "type", "veth", "peer", "name", "tp-h1", "netns", string(tp.host))
+	addr := func(n tpNetns, dev string, a netip.Addr) {
+		tpRun(t, "ip", "-n", string(n), "addr", "add", a.String()+"/24", "dev", dev)
+	}
+	for _, a := range tpClients {
+		addr(tp.client, "tp-c", a)
+	}
+	addr(tp.host, "tp-h0", tpHostOut)
+	addr(tp.host, "tp-h0", tpHostOut2)
+	addr(tp.host, "tp-h1", tpHostIn)
+	addr(tp.ctr, "tp-k", tpContainer)
+	for _, l := range []struct {
+		n   tpNetns
+		dev string
+	}{{tp.client, "tp-c"}, {tp.host, "tp-h0"}, {tp.host, "tp-h1"}, {tp.ctr, "tp-k"}} {
+		tpRun(t, "ip", "-n", string(l.n), "link", "set", l.dev, "up")
+	}
+	tpRun(t, "ip", "-n", string(tp.client), "route", "add", "default", "via", tpHostOut.String())
+	tpRun(t, "ip", "-n", string(tp.ctr), "route", "add", "default", "via", tpHostIn.String())
+	if forward {
+		tpRun(t, "ip", "netns", "exec", string(tp.host), "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	}
+	if rules {
+		table := fmt.Sprintf("hp_tpu_%d", os.Getpid())
+		cmd := exec.Command("ip", "netns", "exec", string(tp.host), "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(fmt.Sprintf(`table inet %s {
+	chain prerouting {
+		type filter hook prerouting priority mangle; policy accept;
+		meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x1
+	}
+}
+`, table))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v: %s", err, out)
+		}
+		tpRun(t, "ip", "-n", string(tp.host), "rule", "add", "fwmark", "0x1", "lookup", "100")
+		tpRun(t, "ip", "-n", string(tp.host), "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+	}
+	return tp
+}
+
+// tpEcho answers every datagram with "<payload>|<sender as seen>" and
+// records the senders it saw.
+type tpEcho struct {
+	mu   sync.Mutex
+	seen []netip.AddrPort
+}
+
+func (tp *tpTopo) startEcho(t *testing.T) *tpEcho {
+	c := tp.ctr.listenUDP(t, tpBackend)
+	e := &tpEcho{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, peer, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.seen = append(e.seen, peer)
+			e.mu.Unlock()
+			c.WriteToUDPAddrPort(fmt.Appendf(nil, "%s|%s", buf[:n], peer), peer) // errors: the reply is lost, as the test sees
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return e
+}
+
+func (e *tpEcho) senders() []netip.AddrPort {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]netip.AddrPort(nil), e.seen...)
+}
+
+// startRelay serves f with cfg on a goroutine locked to a thread inside the
+// host namespace, so that the flow sockets it makes are the host's.
+func (tp *tpTopo) startRelay(t *testing.T, f *os.File, cfg Config) *Proxy {
+	t.Helper()
+	p, err := New(f, cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	served := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := tp.host.enter(); err != nil {
+			p.Close()
+			served <- err
+			return
+		}
+		served <- p.Serve(context.Background())
+	}()
+	t.Cleanup(func() {
+		p.Close()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return p
+}
+
+// hostSocketIn binds the relay's socket inside the host namespace: a
+// sockopt.Listen socket, or with dual a dual-stack [::] socket (IPv4
+// clients arrive IPv4-mapped).
+func (tp *tpTopo) hostSocketIn(t *testing.T, dual bool) *os.File {
+	t.Helper()
+	var f *os.File
+	err := tp.host.do(func() (err error) {
+		if !dual {
+			f, err = sockopt.Listen(sockopt.UDP, netip.MustParseAddrPort("0.0.0.0:0"), sockopt.Options{})
+			return err
+		}
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6unspecified})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		f, err = c.File()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("host socket: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func filePort(t *testing.T, f *os.File) uint16 {
+	t.Helper()
+	sa, err := unix.Getsockname(int(f.Fd()))
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return uint16(sa.Port)
+	case *unix.SockaddrInet6:
+		return uint16(sa.Port)
+	}
+	t.Fatalf("getsockname: %T", sa)
+	return 0
+}
+
+// exchange sends payload from c to to and waits for its echo; it returns
+// the reply's source (unmapped) and the sender the container saw.
+func exchange(c *net.UDPConn, to netip.AddrPort, payload string, timeout time.Duration) (from, seen netip.AddrPort, err error) {
+	if _, err := c.WriteToUDPAddrPort([]byte(payload), to); err != nil {
+		return from, seen, err
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 2048)
+	for {
+		n, src, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return from, seen, fmt.Errorf("%s to %s: %w", payload, to, err)
+		}
+		got, peer, ok := bytes.Cut(buf[:n], []byte("|"))
+		if !ok || string(got) != payload {
+			continue // an older reply
+		}
+		seen, err := netip.ParseAddrPort(string(peer))
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		return src, seen, err
+	}
+}
+
+func localAddrPort(c *net.UDPConn) netip.AddrPort {
+	ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// TestTransparent relays with Transparent and the host rules: several
+// clients at once reach the container, which sees each one's own address
+// and port, and each reply comes from the host address the client wrote
+// to; a client writing to two addresses of the mapping from one port gets
+// two flows, the second from another port of its address; the host's own
+// clients keep the host's source. Over an IPv4 socket and a dual-stack one
+// (IPv4-mapped clients).
+func TestTransparent(t *testing.T) {
+	for _, dual := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dual=%v", dual), func(t *testing.T) {
+			tp := newTPTopo(t, true, false)
+			tp.startEcho(t)
+			f := tp.hostSocketIn(t, dual)
+			port := filePort(t, f)
+			p := tp.startRelay(t, f, Config{Backend: tpBackend, Transparent: true})
+			to := netip.AddrPortFrom(tpHostOut, port)
+			to2 := netip.AddrPortFrom(tpHostOut2, port)
+
+			t.Run("clients", func(t *testing.T) {
+				var conns []*net.UDPConn
+				for _, a := range tpClients {
+					for range 2 {
+						conns = append(conns, tp.client.listenUDP(t, netip.AddrPortFrom(a, 0)))
+					}
+				}
+				var wg sync.WaitGroup
+				errs := make(chan error, len(conns))
+				for i, c := range conns {
+					wg.Go(func() {
+						me := localAddrPort(c)
+						for k := range 3 {
+							from, seen, err := exchange(c, to, fmt.Sprintf("c%d-%d", i, k), 5*time.Second)
+							switch {
+							case err != nil:
+								errs <- fmt.Errorf("client %s: %w", me, err)
+							case seen != me:
+								errs <- fmt.Errorf("client %s: the container saw %s", me, seen)
+							case from != to:
+								errs <- fmt.Errorf("client %s: reply from %s, want %s", me, from, to)
+							default:
+								continue
+							}
+							return
+						}
+					})
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Error(err)
+				}
+			})
+
+			t.Run("two host addresses", func(t *testing.T) {
+				c := tp.client.listenUDP(t, netip.AddrPortFrom(tpClients[0], 0))
+				me := localAddrPort(c)
+				var seen1, seen2 netip.AddrPort
+				for round := range 2 {
+					from, seen, err := exchange(c, to, fmt.Sprintf("a%d", round), 5*time.Second)
+					if err != nil || from != to {
+						t.Fatalf("to %s: reply from %s, %v", to, from, err)
+					}
+					if seen != me {
+						t.Errorf("to %s: the container saw %s, want %s", to, seen, me)
+					}
+					seen1 = seen
+					from, seen, err = exchange(c, to2, fmt.Sprintf("b%d", round), 5*time.Second)
+					if err != nil || from != to2 {
+						t.Fatalf("to %s: reply from %s, %v", to2, from, err)
+					}
+					if round == 1 && seen != seen2 {
+						t.Errorf("second flow moved from %s to %s", seen2, seen)
+					}
+					seen2 = seen
+				}
+				if seen2.Addr() != me.Addr() || seen2.Port() == me.Port() {
+					t.Errorf("second flow seen as %s; want %s with another port than the first flow's %s", seen2, me.Addr(), seen1)
+				}
+				t.Logf("one client %s, two flows: the container saw %s and %s", me, seen1, seen2)
+			})
+
+			// A host process writing to a loopback address, or to the
+			// address its unbound socket writes from, keeps the host's
+			// source toward the container (tpHostIn); one bound to another
+			// host address than it writes to leaves from that address,
+			// with another port. An unbound socket writing to the
+			// secondary address tpHostOut2 writes from the primary one,
+			// tpHostOut, and is one of the latter.
+			t.Run("from the host", func(t *testing.T) {
+				for _, c := range []struct {
+					bind, to netip.AddrPort
+					want     netip.Addr
+				}{
+					{netip.MustParseAddrPort("127.0.0.1:0"), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), tpHostIn},
+					{netip.MustParseAddrPort("0.0.0.0:0"), to, tpHostIn},
+					{netip.MustParseAddrPort("0.0.0.0:0"), to2, tpHostOut},
+					{netip.AddrPortFrom(tpHostOut, 0), to2, tpHostOut},
+					{netip.AddrPortFrom(tpHostIn, 0), to, tpHostIn},
+				} {
+					conn := tp.host.listenUDP(t, c.bind)
+					me := localAddrPort(conn)
+					from, seen, err := exchange(conn, c.to, "h", 5*time.Second)
+					if err != nil {
+						t.Errorf("from %s to %s: %v", me, c.to, err)
+						continue
+					}
+					if from != c.to {
+						t.Errorf("from %s to %s: reply from %s", me, c.to, from)
+					}
+					if seen.Addr() != c.want || seen.Port() == me.Port() {
+						t.Errorf("from %s to %s: the container saw %s, want %s with another port", me, c.to, seen, c.want)
+					}
+				}
+			})
+
+			if st := p.Stats(); st.FlowsFailed != 0 || st.Dropped != 0 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
+
+// TestTransparentWithoutRules shows what the host rules are for. The flow
+// socket leaves from the client's address, so the container sees the
+// client, but its reply is addressed to the client, and without the rules
+// the host does not deliver it to the flow socket: the relay sends nothing
+// back and the client waits in vain. With forwarding off (a new namespace's
+// default) the host drops the reply as not its own (IpInAddrErrors); with
+// forwarding on it drops it too, silently: UDP early demux attaches the
+// flow socket, whose 4-tuple the reply matches, and the kernel does not
+// forward a packet that has a socket. Only with net.ipv4.udp_early_demux=0
+// as well is it forwarded, and the client gets it from the container's
+// address, not from the address it wrote to.
+func TestTransparentWithoutRules(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		forward, nodemux bool
+	}{{"forward=0", false, false}, {"forward=1", true, false}, {"forward=1,udp_early_demux=0", true, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			tp := newTPTopo(t, false, c.forward)
+			if c.nodemux {
+				tpRun(t, "ip", "netns", "exec", string(tp.host), "sysctl", "-qw", "net.ipv4.udp_early_demux=0")
+			}
+			echo := tp.startEcho(t)
+			f := tp.hostSocketIn(t, false)
+			to := netip.AddrPortFrom(tpHostOut, filePort(t, f))
+			p := tp.startRelay(t, f, Config{Backend: tpBackend, Transparent: true})
+			cl := tp.client.listenUDP(t, netip.AddrPortFrom(tpClients[0], 0))
+			me := localAddrPort(cl)
+			if c.nodemux {
+				from, seen, err := exchange(cl, to, "x", 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if from != tpBackend || seen != me {
+					t.Errorf("reply from %s (the container saw %s); want it from the container %s, which saw %s", from, seen, tpBackend, me)
+				}
+			} else {
+				// The absence of a reply can only be waited for.
+				_, _, err := exchange(cl, to, "x", time.Second)
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("got %v, want no reply", err)
+				}
+				if s := echo.senders(); len(s) != 1 || s[0] != me {
+					t.Errorf("the container saw %v, want [%s]", s, me)
+				}
+			}
+			if st := p.Stats(); st.ToBackend != 1 || st.ToClient != 0 {
+				t.Errorf("relay sent %d to the backend and %d to the client, want 1 and 0", st.ToBackend, st.ToClient)
+			}
+		})
+	}
+}
+
+// TestTransparentSource checks which flows leave from the client's address.
+func TestTransparentSource(t *testing.T) {
+	var buf testenv.Buffer
+	log, err := logging.NewWriter(&buf, zapcore.DebugLevel, logging.FormatConsole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{transparent: true, bfamily: unix.AF_INET, log: log}
+	ap := netip.MustParseAddrPort
+	a := netip.MustParseAddr
+	for _, c := range []struct {
+		client string
+		pi     sockopt.Pktinfo
+		want   string // "": the host's normal source
+	}{
+		{"10.0.0.2:4000", sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}, "10.0.0.2:4000"},
+		{"[::ffff:10.0.0.2]:4000", sockopt.Pktinfo{Dst: a("::ffff:10.0.0.1"), Ifindex: 2}, "10.0.0.2:4000"},
+		{"127.0.0.1:4000", sockopt.Pktinfo{Dst: a("127.0.0.1"), Ifindex: 1}, ""},
+		{"127.0.0.5:4000", sockopt.Pktinfo{}, ""},
+		{"[::ffff:127.0.0.1]:4000", sockopt.Pktinfo{}, ""},
+		{"10.0.0.1:4000", sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}, ""},         // wrote to its own address
+		{"[2001:db8::2]:4000", sockopt.Pktinfo{Dst: a("2001:db8::1"), Ifindex: 2}, ""}, // other family
+		{"[2001:db8::3]:4000", sockopt.Pktinfo{Dst: a("2001:db8::1"), Ifindex: 2}, ""},
+		{"0.0.0.0:68", sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}, ""},
+		{"169.254.1.2:4000", sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}, "169.254.1.2:4000"},
+	} {
+		src, ok := p.transparentSource(flowKey{client: ap(c.client)}, c.pi)
+		if got := map[bool]string{true: src.String(), false: ""}[ok]; got != c.want {
+			t.Errorf("client %s %+v: source %q, want %q", c.client, c.pi, got, c.want)
+		}
+	}
+	if n := strings.Count(buf.String(), "different families"); n != 1 {
+		t.Errorf("family fallback logged %d times, want once:\n%s", n, buf.String())
+	}
+	p.bfamily = unix.AF_INET6
+	if _, ok := p.transparentSource(flowKey{client: ap("[fe80::2%eth0]:4000"), scope: 2}, sockopt.Pktinfo{Dst: a("2001:db8::1"), Ifindex: 2}); ok {
+		t.Errorf("IPv6 link-local client: transparent")
+	}
+	if src, ok := p.transparentSource(flowKey{client: ap("[2001:db8::2]:4000")}, sockopt.Pktinfo{Dst: a("2001:db8::1"), Ifindex: 2}); !ok || src != ap("[2001:db8::2]:4000") {
+		t.Errorf("IPv6 client, IPv6 backend: %s %v", src, ok)
+	}
+	if _, ok := p.transparentSource(flowKey{client: ap("10.0.0.2:4000")}, sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}); ok {
+		t.Errorf("IPv4 client, IPv6 backend: transparent")
+	}
+	p.transparent = false
+	if _, ok := p.transparentSource(flowKey{client: ap("10.0.0.2:4000")}, sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}); ok {
+		t.Errorf("not transparent: transparent")
+	}
+}
