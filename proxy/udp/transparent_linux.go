@@ -101,7 +101,7 @@ func probeTransparent(family int) error {
 	level, opt, name := transparentOpt(family)
 	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
 		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("-transparent: setsockopt %s: %w (it needs CAP_NET_ADMIN)", name, err)
+			return fmt.Errorf("-transparent: setsockopt %s: %w (it needs CAP_NET_ADMIN or CAP_NET_RAW)", name, err)
 		}
 		return fmt.Errorf("-transparent: setsockopt %s: %w", name, err)
 	}

@@ -23,6 +23,26 @@
 // idle flow costs its socket and about 330 bytes of heap
 // (BenchmarkIdleFlow).
 //
+// With Config.Transparent each flow's socket leaves from the client's own
+// address, so the backend sees the client: it gets IP_TRANSPARENT (or
+// IPV6_TRANSPARENT) and is bound to the client's address and port before it
+// connects, one setsockopt and one bind more per new flow and nothing per
+// datagram; replies leave the host socket as above. The backend's replies
+// are addressed to the client, and reach the flow socket only with the host
+// rules of docs/client-address.md; without them the host drops them. When
+// the client's port is taken, as when one client writes from one port to
+// two addresses of the mapping (two flows toward one backend), bind fails
+// with EADDRINUSE and the flow takes the client's address with a port the
+// kernel picks; SO_REUSEADDR is never set, so no two flows share a 4-tuple.
+// A loopback, unspecified or IPv6 link-local client, or one that wrote to
+// its own address (a host process whose socket is not bound), keeps the
+// host's normal source; another host address is bound like any client's
+// (with another port, the client holding its own) and, being the host's,
+// gets its replies without the rules. An IPv4-mapped client counts as IPv4;
+// a client of the other family than the backend keeps the host's source,
+// which the log says once per host socket. New fails when the process may
+// not make a socket transparent (it needs CAP_NET_ADMIN or CAP_NET_RAW).
+//
 // Flows expire after IdleTimeout without a datagram in either direction (a
 // client that keeps sending keeps its flow, whether the backend answers or
 // not). At most MaxFlows exist; a new client beyond that evicts the least
@@ -70,7 +90,7 @@ type Config struct {
 	// address, and its port where free (IP_TRANSPARENT /
 	// IPV6_TRANSPARENT), so that the backend sees the client; see the
 	// package comment. New fails when the process may not set the option
-	// (it needs CAP_NET_ADMIN).
+	// (it needs CAP_NET_ADMIN or CAP_NET_RAW).
 	Transparent bool
 	// Logger receives warnings and errors; nil discards them.
 	Logger *logging.Logger
