@@ -5,6 +5,7 @@ package udp
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"golang.org/x/sys/unix"
@@ -34,13 +35,15 @@ func keepsHostSource(client netip.Addr, pi sockopt.Pktinfo) bool {
 // when the proxy is transparent: the client's, unmapped. It returns false
 // when the flow keeps the host's normal source: the proxy is not
 // transparent, keepsHostSource says so, or the client
-// is of the other family than the backend (said once in the log).
+// is of the other family than the backend (said once in the log), or the
+// client is on the link of the host's address toward the backend (see
+// backendLink).
 func (p *Proxy) transparentSource(key flowKey, pi sockopt.Pktinfo) (netip.AddrPort, bool) {
 	if !p.transparent {
 		return netip.AddrPort{}, false
 	}
 	a := key.client.Addr().Unmap()
-	if keepsHostSource(a, pi) {
+	if keepsHostSource(a, pi) || p.backendLink.Contains(a) {
 		return netip.AddrPort{}, false
 	}
 	if a.Is4() != (p.bfamily == unix.AF_INET) {
@@ -106,4 +109,69 @@ func probeTransparent(family int) error {
 		return fmt.Errorf("-transparent: setsockopt %s: %w", name, err)
 	}
 	return nil
+}
+
+// backendLink returns the prefix of the host's address toward backend, the
+// address the kernel picks as the source of a socket connected to it, as
+// configured on its interface: the link of the backend when it is directly
+// attached (a bridge or veth of containers), or of its gateway. A client on
+// that link must keep the host's source: the backend, or its gateway, would
+// deliver the replies to it directly instead of to the host, and it would
+// get them from the wrong address. It is found once, at start; the zero
+// Prefix (which contains nothing) when it cannot be.
+func backendLink(family int, backend unix.Sockaddr) netip.Prefix {
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	defer unix.Close(fd)
+	if unix.Connect(fd, backend) != nil {
+		return netip.Prefix{}
+	}
+	var src netip.Addr
+	switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		src = netip.AddrFrom4(sa.Addr)
+	case *unix.SockaddrInet6:
+		src = netip.AddrFrom16(sa.Addr).Unmap()
+	default:
+		return netip.Prefix{}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return netip.Prefix{}
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok || ip.Unmap() != src {
+			continue
+		}
+		ones, _ := ipn.Mask.Size()
+		if src.Is4() && len(ipn.Mask) == net.IPv6len {
+			ones -= 96
+		}
+		if pfx, err := src.Prefix(ones); err == nil && !src.IsLoopback() {
+			return pfx
+		}
+	}
+	return netip.Prefix{}
+}
+
+// localBackend reports whether backend is one of the host's own addresses:
+// whether a socket can be bound to it without IP_TRANSPARENT. The host's
+// own replies to a client's address are routed out toward the client,
+// never through the prerouting rules that would bring them back to the
+// flow socket, so such a backend cannot see its clients. Asked once, at
+// start.
+func localBackend(family int, backend netip.Addr) bool {
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	return unix.Bind(fd, sockaddrOf(family, netip.AddrPortFrom(backend, 0), 0)) == nil
 }

@@ -27,10 +27,14 @@ import (
 // The transparent topology, in namespaces the test creates; no DNAT and no
 // forwarding, so only the relay carries the traffic:
 //
-//	clients 10.78.1.2-4 ── 10.78.1.1, 10.78.1.11 host 10.78.2.1 ── 10.78.2.2 container
-//	fd78:1::2-4           fd78:1::1, fd78:1::11     fd78:2::1    fd78:2::2
+//	clients 10.78.1.2-4 ── 10.78.1.1, 10.78.1.11 host 10.78.2.1 ─┬─ 10.78.2.2 container
+//	fd78:1::2-4           fd78:1::1, fd78:1::11     fd78:2::1    │  fd78:2::2
+//	                                                             └─ 10.78.2.3 neighbour
+//	                                                                fd78:2::3
 //
-// The client and the container route through the host.
+// The client, the container and the container's neighbour route through
+// the host, whose address toward the container is on a bridge (as
+// docker0) joining the container and its neighbour.
 type tpFamily struct {
 	name      string
 	clients   []netip.Addr
@@ -38,6 +42,7 @@ type tpFamily struct {
 	hostOut2  netip.Addr // another address of the same mapping, secondary in its subnet
 	hostIn    netip.Addr // the host's side toward the container
 	container netip.Addr
+	neighbour netip.Addr // on the container's link
 	loopback  netip.Addr
 	wildcard  netip.Addr
 	bits      int
@@ -47,10 +52,10 @@ func (f *tpFamily) backend() netip.AddrPort { return netip.AddrPortFrom(f.contai
 
 var (
 	tp4 = &tpFamily{"IPv4", tpAddrs("10.78.1.2", "10.78.1.3", "10.78.1.4"), netip.MustParseAddr("10.78.1.1"),
-		netip.MustParseAddr("10.78.1.11"), netip.MustParseAddr("10.78.2.1"), netip.MustParseAddr("10.78.2.2"),
+		netip.MustParseAddr("10.78.1.11"), netip.MustParseAddr("10.78.2.1"), netip.MustParseAddr("10.78.2.2"), netip.MustParseAddr("10.78.2.3"),
 		netip.MustParseAddr("127.0.0.1"), netip.IPv4Unspecified(), 24}
 	tp6 = &tpFamily{"IPv6", tpAddrs("fd78:1::2", "fd78:1::3", "fd78:1::4"), netip.MustParseAddr("fd78:1::1"),
-		netip.MustParseAddr("fd78:1::11"), netip.MustParseAddr("fd78:2::1"), netip.MustParseAddr("fd78:2::2"),
+		netip.MustParseAddr("fd78:1::11"), netip.MustParseAddr("fd78:2::1"), netip.MustParseAddr("fd78:2::2"), netip.MustParseAddr("fd78:2::3"),
 		netip.IPv6Loopback(), netip.IPv6Unspecified(), 64}
 	// IPv4 names for the tests that need no other family.
 	tpClients = tp4.clients
@@ -133,7 +138,7 @@ func (n tpNetns) listenUDP(t *testing.T, addr netip.AddrPort) *net.UDPConn {
 	return c
 }
 
-type tpTopo struct{ client, host, ctr tpNetns }
+type tpTopo struct{ client, host, ctr, nb tpNetns }
 
 // newTPTopo builds the topology. With rules, the host gets the rules every
 // transparent proxy needs (docs/client-address.md); with forward, the host
@@ -144,9 +149,14 @@ func newTPTopo(t *testing.T, rules, forward bool) *tpTopo {
 	if rules {
 		testenv.RequireCommand(t, "nft")
 	}
-	tp := &tpTopo{newTPNetns(t, "cl"), newTPNetns(t, "host"), newTPNetns(t, "ctr")}
+	tp := &tpTopo{newTPNetns(t, "cl"), newTPNetns(t, "host"), newTPNetns(t, "ctr"), newTPNetns(t, "nb")}
 	tpRun(t, "ip", "link", "add", "tp-c", "netns", string(tp.client), "type", "veth", "peer", "name", "tp-h0", "netns", string(tp.host))
 	tpRun(t, "ip", "link", "add", "tp-k", "netns", string(tp.ctr), "type", "veth", "peer", "name", "tp-h1", "netns", string(tp.host))
+	tpRun(t, "ip", "link", "add", "tp-n", "netns", string(tp.nb), "type", "veth", "peer", "name", "tp-h2", "netns", string(tp.host))
+	tpRun(t, "ip", "-n", string(tp.host), "link", "add", "tp-br", "type", "bridge")
+	for _, dev := range []string{"tp-h1", "tp-h2"} {
+		tpRun(t, "ip", "-n", string(tp.host), "link", "set", dev, "master", "tp-br")
+	}
 	for _, f := range []*tpFamily{tp4, tp6} {
 		addr := func(n tpNetns, dev string, a netip.Addr) {
 			args := []string{"-n", string(n), "addr", "add", fmt.Sprintf("%s/%d", a, f.bits), "dev", dev}
@@ -160,18 +170,20 @@ func newTPTopo(t *testing.T, rules, forward bool) *tpTopo {
 		}
 		addr(tp.host, "tp-h0", f.hostOut)
 		addr(tp.host, "tp-h0", f.hostOut2)
-		addr(tp.host, "tp-h1", f.hostIn)
+		addr(tp.host, "tp-br", f.hostIn)
 		addr(tp.ctr, "tp-k", f.container)
+		addr(tp.nb, "tp-n", f.neighbour)
 	}
 	for _, l := range []struct {
 		n   tpNetns
 		dev string
-	}{{tp.client, "tp-c"}, {tp.host, "tp-h0"}, {tp.host, "tp-h1"}, {tp.ctr, "tp-k"}} {
+	}{{tp.client, "tp-c"}, {tp.host, "tp-h0"}, {tp.host, "tp-h1"}, {tp.host, "tp-h2"}, {tp.host, "tp-br"}, {tp.ctr, "tp-k"}, {tp.nb, "tp-n"}} {
 		tpRun(t, "ip", "-n", string(l.n), "link", "set", l.dev, "up")
 	}
 	for _, f := range []*tpFamily{tp4, tp6} {
 		tpRun(t, "ip", "-n", string(tp.client), "route", "add", "default", "via", f.hostOut.String())
 		tpRun(t, "ip", "-n", string(tp.ctr), "route", "add", "default", "via", f.hostIn.String())
+		tpRun(t, "ip", "-n", string(tp.nb), "route", "add", "default", "via", f.hostIn.String())
 	}
 	if forward {
 		tpRun(t, "ip", "netns", "exec", string(tp.host), "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -232,11 +244,16 @@ func (e *tpEcho) senders() []netip.AddrPort {
 	return append([]netip.AddrPort(nil), e.seen...)
 }
 
-// startRelay serves f with cfg on a goroutine locked to a thread inside the
-// host namespace, so that the flow sockets it makes are the host's.
+// startRelay makes the relay inside the host namespace (New looks at the
+// route to the backend) and serves it on a goroutine locked to a thread
+// there, so that the flow sockets it makes are the host's.
 func (tp *tpTopo) startRelay(t *testing.T, f *os.File, cfg Config) *Proxy {
 	t.Helper()
-	p, err := New(f, cfg)
+	var p *Proxy
+	err := tp.host.do(func() (err error) {
+		p, err = New(f, cfg)
+		return err
+	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -458,6 +475,19 @@ func testTransparent(t *testing.T, fam *tpFamily, dual bool) {
 		}
 	})
 
+	// The container's neighbour keeps the host's source: the container
+	// would answer it directly, over the bridge, and from its own address.
+	t.Run("neighbour of the container", func(t *testing.T) {
+		c := tp.nb.listenUDP(t, netip.AddrPortFrom(fam.neighbour, 0))
+		from, seen, err := exchange(c, to, "n", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if from != to || seen.Addr() != fam.hostIn {
+			t.Errorf("reply from %s, the container saw %s; want %s and the host's %s", from, seen, to, fam.hostIn)
+		}
+	})
+
 	if st := p.Stats(); st.FlowsFailed != 0 || st.Dropped != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -491,6 +521,47 @@ func TestTransparentOtherFamily(t *testing.T) {
 		t.Errorf("logged %d times, want once:\n%s", n, buf.String())
 	}
 	t.Log(strings.TrimSpace(buf.String()))
+}
+
+// TestTransparentLocalBackend: a backend on one of the host's addresses
+// would answer the client's address straight out toward the client, so its
+// flows keep the host's source, said once at start, and work.
+func TestTransparentLocalBackend(t *testing.T) {
+	tp := newTPTopo(t, true, false)
+	backend := netip.AddrPortFrom(tp4.hostIn, 5301)
+	ln := tp.host.listenUDP(t, backend)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, peer, err := ln.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			ln.WriteToUDPAddrPort(fmt.Appendf(nil, "%s|%s", buf[:n], peer), peer)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	f := tp.hostSocketIn(t, tp4.wildcard, false)
+	var buf testenv.Buffer
+	log, err := logging.NewWriter(&buf, zapcore.InfoLevel, logging.FormatConsole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.startRelay(t, f, Config{Backend: backend, Transparent: true, Logger: log})
+	to := netip.AddrPortFrom(tp4.hostOut, filePort(t, f))
+	c := tp.client.listenUDP(t, netip.AddrPortFrom(tp4.clients[0], 0))
+	from, seen, err := exchange(c, to, "l", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if from != to || seen.Addr() != tp4.hostIn {
+		t.Errorf("reply from %s, the backend saw %s; want %s and the host's %s", from, seen, to, tp4.hostIn)
+	}
+	if n := strings.Count(buf.String(), "the backend is one of the host's own addresses"); n != 1 {
+		t.Errorf("logged %d times, want once:\n%s", n, buf.String())
+	}
 }
 
 // TestTransparentWithoutRules shows what the host rules are for. The flow
@@ -588,6 +659,14 @@ func TestTransparentSource(t *testing.T) {
 	}
 	if _, ok := p.transparentSource(flowKey{client: ap("10.0.0.2:4000")}, sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}); ok {
 		t.Errorf("IPv4 client, IPv6 backend: transparent")
+	}
+	p.bfamily = unix.AF_INET
+	p.backendLink = netip.MustParsePrefix("172.17.0.0/16")
+	if _, ok := p.transparentSource(flowKey{client: ap("172.17.0.3:4000")}, sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}); ok {
+		t.Errorf("client on the backend's link: transparent")
+	}
+	if _, ok := p.transparentSource(flowKey{client: ap("172.18.0.3:4000")}, sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}); !ok {
+		t.Errorf("client off the backend's link: not transparent")
 	}
 	p.transparent = false
 	if _, ok := p.transparentSource(flowKey{client: ap("10.0.0.2:4000")}, sockopt.Pktinfo{Dst: a("10.0.0.1"), Ifindex: 2}); ok {

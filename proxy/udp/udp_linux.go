@@ -94,6 +94,8 @@ type Proxy struct {
 	// (Config.Transparent); familyLogged: the fallback for a client of the
 	// other family than the backend was logged.
 	transparent, familyLogged bool
+	// backendLink: clients in it keep the host's source (backendLink).
+	backendLink netip.Prefix
 
 	// One limiter per kind of failure: at most a line per
 	// proxy.DefaultLogEvery each.
@@ -165,7 +167,13 @@ func newMember(f *os.File, cfg Config) (*Proxy, error) {
 		if err := probeTransparent(p.bfamily); err != nil {
 			return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
 		}
-		p.transparent = true
+		if localBackend(p.bfamily, backend.Addr()) {
+			p.log.Warn("udp -transparent: the backend is one of the host's own addresses, " +
+				"which would send its replies to the clients themselves; its flows leave from the host's address")
+		} else {
+			p.transparent = true
+			p.backendLink = backendLink(p.bfamily, p.bsa)
+		}
 	}
 	if err := p.open(f); err != nil {
 		p.release()
