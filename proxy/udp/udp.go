@@ -38,7 +38,12 @@
 // its own address (a host process whose socket is not bound), keeps the
 // host's normal source; another host address is bound like any client's
 // (with another port, the client holding its own) and, being the host's,
-// gets its replies without the rules. An IPv4-mapped client counts as IPv4;
+// gets its replies without the rules. A client on the link of the host's
+// address toward the backend (another container on the backend's bridge)
+// keeps the host's source, since the backend would answer it directly; New
+// finds that link once. A backend on one of the host's own addresses would
+// send its replies straight to the client, so all its flows keep the host's
+// source, which New says in the log. An IPv4-mapped client counts as IPv4;
 // a client of the other family than the backend keeps the host's source,
 // which the log says once per host socket. New fails when the process may
 // not make a socket transparent (it needs CAP_NET_ADMIN or CAP_NET_RAW).
