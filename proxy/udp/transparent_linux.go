@@ -175,3 +175,21 @@ func localBackend(family int, backend netip.Addr) bool {
 	defer unix.Close(fd)
 	return unix.Bind(fd, sockaddrOf(family, netip.AddrPortFrom(backend, 0), 0)) == nil
 }
+
+// backendFacts is what -transparent learns about a backend address at start.
+type backendFacts struct {
+	local bool         // one of the host's own addresses (localBackend)
+	link  netip.Prefix // backendLink
+}
+
+// learnBackend checks that the process may make sockets of family
+// transparent and learns the facts about backend (sa is its sockaddr).
+func learnBackend(family int, sa unix.Sockaddr, backend netip.Addr) (backendFacts, error) {
+	if err := probeTransparent(family); err != nil {
+		return backendFacts{}, err
+	}
+	if localBackend(family, backend) {
+		return backendFacts{local: true}, nil
+	}
+	return backendFacts{link: backendLink(family, sa)}, nil
+}

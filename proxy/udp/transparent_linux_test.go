@@ -564,6 +564,56 @@ func TestTransparentLocalBackend(t *testing.T) {
 	}
 }
 
+// TestTransparentRange: every socket of a Range is transparent. One client
+// port writing to two ports of the range relayed to one backend makes two
+// flows with one 4-tuple to be, so the second takes another port.
+func TestTransparentRange(t *testing.T) {
+	tp := newTPTopo(t, true, false)
+	tp.startEcho(t, tp4.backend())
+	fs := []*os.File{tp.hostSocketIn(t, tp4.wildcard, false), tp.hostSocketIn(t, tp4.wildcard, false)}
+	var r *Range
+	err := tp.host.do(func() (err error) {
+		r, err = NewRange([]Mapping{{fs[0], tp4.backend()}, {fs[1], tp4.backend()}}, Config{Transparent: true})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("NewRange: %v", err)
+	}
+	served := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := tp.host.enter(); err != nil {
+			r.Close()
+			served <- err
+			return
+		}
+		served <- r.Serve(context.Background())
+	}()
+	t.Cleanup(func() {
+		r.Close()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	c := tp.client.listenUDP(t, netip.AddrPortFrom(tp4.clients[1], 0))
+	me := localAddrPort(c)
+	var seen []netip.AddrPort
+	for i, f := range fs {
+		to := netip.AddrPortFrom(tp4.hostOut, filePort(t, f))
+		from, s, err := exchange(c, to, fmt.Sprint("r", i), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if from != to || s.Addr() != me.Addr() {
+			t.Errorf("to %s: reply from %s, the container saw %s; want the client's address", to, from, s)
+		}
+		seen = append(seen, s)
+	}
+	if seen[0] != me || seen[1].Port() == me.Port() {
+		t.Errorf("the container saw %v; want %s, then %s with another port", seen, me, me.Addr())
+	}
+}
+
 // TestTransparentWithoutRules shows what the host rules are for. The flow
 // socket leaves from the client's address, so the container sees the
 // client, but its reply is addressed to the client, and without the rules

@@ -115,7 +115,7 @@ type counters struct {
 // without it), raises its receive buffer, and duplicates it: the caller may
 // close f once New returns.
 func New(f *os.File, cfg Config) (*Proxy, error) {
-	p, err := newMember(f, cfg)
+	p, err := newMember(f, cfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -127,8 +127,9 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 }
 
 // newMember is New without the loop: the checks, the socket options and the
-// duplicate of f.
-func newMember(f *os.File, cfg Config) (*Proxy, error) {
+// duplicate of f. known, when not nil, keeps what -transparent learns about
+// each backend address, for the other members of a range.
+func newMember(f *os.File, cfg Config, known map[netip.Addr]backendFacts) (*Proxy, error) {
 	if f == nil {
 		return nil, errors.New("udp proxy: nil host socket")
 	}
@@ -164,17 +165,22 @@ func newMember(f *os.File, cfg Config) (*Proxy, error) {
 		p.bsa = &unix.SockaddrInet6{Port: int(backend.Port()), Addr: backend.Addr().As16()}
 	}
 	if cfg.Transparent {
-		if err := probeTransparent(p.bfamily); err != nil {
-			return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
+		bf, ok := known[backend.Addr()]
+		if !ok {
+			if bf, err = learnBackend(p.bfamily, p.bsa, backend.Addr()); err != nil {
+				return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
+			}
+			if known != nil {
+				known[backend.Addr()] = bf
+			}
 		}
-		if localBackend(p.bfamily, backend.Addr()) {
+		if bf.local {
 			p.log.Warn("udp -transparent: the backend is one of the host's own addresses, " +
 				"which would send its replies to the clients themselves; its flows leave from the host's address")
-		} else {
-			p.transparent = true
-			p.backendLink = backendLink(p.bfamily, p.bsa)
 		}
+		p.transparent, p.backendLink = !bf.local, bf.link
 	}
+
 	if err := p.open(f); err != nil {
 		p.release()
 		return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
