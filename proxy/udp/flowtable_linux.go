@@ -104,7 +104,16 @@ func (p *Proxy) dialBackend(key flowKey, pi sockopt.Pktinfo) (int, error) {
 		return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
 	}
 	if src, ok := p.transparentSource(key, pi); ok {
-		if err := bindTransparent(fd, p.bfamily, src, key.scope); err != nil {
+		err := bindTransparent(fd, p.bfamily, src, key.scope)
+		if err == errHostClient {
+			// Bound to a host address: start again with a socket that
+			// takes the host's normal source.
+			unix.Close(fd)
+			fd, err = unix.Socket(p.bfamily, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+			if err != nil {
+				return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
+			}
+		} else if err != nil {
 			unix.Close(fd)
 			return -1, err
 		}

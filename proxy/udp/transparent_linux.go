@@ -20,12 +20,11 @@ import (
 // IPv6 link-local one (bound, it would tie the flow socket to the client's
 // link), or the address the client wrote to (a host process whose socket is
 // not bound writes to a host address from that address, unless the address
-// is a secondary one of its subnet). Any other client that is a host
-// address is not recognised: its flow leaves from that address, with another
-// port since the client itself holds its own (bindTransparent), and the
-// replies, addressed to the host, are delivered as usual. The interface
-// the datagram arrived on would not tell more: for IPv4 the kernel reports
-// the device of the address written to, not the loopback device.
+// is a secondary one of its subnet). The other clients that are host
+// addresses are recognised by bindTransparent, the client holding its own
+// port. The interface the datagram arrived on would not tell more: for IPv4
+// the kernel reports the device of the address written to, not the loopback
+// device.
 func keepsHostSource(client netip.Addr, pi sockopt.Pktinfo) bool {
 	return client.IsLoopback() || client.IsUnspecified() ||
 		(client.Is6() && client.IsLinkLocalUnicast()) || client == pi.Dst.Unmap()
@@ -67,10 +66,20 @@ func transparentOpt(family int) (level, opt int, name string) {
 	return unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"
 }
 
+// errHostClient is bindTransparent's answer for a client that is one of
+// the host's own addresses.
+var errHostClient = errors.New("the client is a host address")
+
 // bindTransparent makes fd, a socket of family, transparent and binds it to
-// src; when src's port is taken (the same client already has a flow toward
-// a backend from that port, through this or another process) it binds to
-// src's address with a port the kernel picks. scope is the IPv6 scope id.
+// src (scope is the IPv6 scope id). When src's port is taken, it is by
+// another flow of the client toward a backend, through this or another
+// process, or by the client itself, a process of the host bound to that
+// address, which holds its port while it waits for the reply. Then a bind
+// without IP_TRANSPARENT to src's address, which succeeds only for a host
+// address, tells the two apart: for a host address it returns
+// errHostClient (fd is then bound and of no use), otherwise it binds fd to
+// src's address with a port the kernel picks. The extra system calls are
+// made only when the port is taken.
 func bindTransparent(fd, family int, src netip.AddrPort, scope uint32) error {
 	level, opt, name := transparentOpt(family)
 	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
@@ -78,7 +87,21 @@ func bindTransparent(fd, family int, src netip.AddrPort, scope uint32) error {
 	}
 	err := unix.Bind(fd, sockaddrOf(family, src, scope))
 	if errors.Is(err, unix.EADDRINUSE) {
-		err = unix.Bind(fd, sockaddrOf(family, netip.AddrPortFrom(src.Addr(), 0), scope))
+		anyPort := sockaddrOf(family, netip.AddrPortFrom(src.Addr(), 0), scope)
+		if err := unix.SetsockoptInt(fd, level, opt, 0); err != nil {
+			return fmt.Errorf("setsockopt %s: %w", name, err)
+		}
+		err = unix.Bind(fd, anyPort)
+		if err == nil {
+			return errHostClient
+		}
+		if !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("bind %s/udp: %w", netip.AddrPortFrom(src.Addr(), 0), err)
+		}
+		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+			return fmt.Errorf("setsockopt %s: %w", name, err)
+		}
+		err = unix.Bind(fd, anyPort)
 	}
 	if err != nil {
 		return fmt.Errorf("bind %s/udp (transparent): %w", src, err)

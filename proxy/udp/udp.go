@@ -34,19 +34,21 @@
 // two addresses of the mapping (two flows toward one backend), bind fails
 // with EADDRINUSE and the flow takes the client's address with a port the
 // kernel picks; SO_REUSEADDR is never set, so no two flows share a 4-tuple.
-// A loopback, unspecified or IPv6 link-local client, or one that wrote to
-// its own address (a host process whose socket is not bound), keeps the
-// host's normal source; another host address is bound like any client's
-// (with another port, the client holding its own) and, being the host's,
-// gets its replies without the rules. A client on the link of the host's
-// address toward the backend (another container on the backend's bridge)
-// keeps the host's source, since the backend would answer it directly; New
-// finds that link once. A backend on one of the host's own addresses would
-// send its replies straight to the client, so all its flows keep the host's
-// source, which New says in the log. An IPv4-mapped client counts as IPv4;
-// a client of the other family than the backend keeps the host's source,
-// which the log says once per host socket. New fails when the process may
-// not make a socket transparent (it needs CAP_NET_ADMIN or CAP_NET_RAW).
+//
+// Some flows keep the host's normal source. A client that is one of the
+// host's own addresses: a loopback one, or one that wrote to its own
+// address (a host process whose socket is not bound), is recognised at
+// once; any other holds its own port, so that the bind fails with
+// EADDRINUSE, and a bind without IP_TRANSPARENT, which only a host address
+// passes, recognises it. An IPv6 link-local client, which would tie the
+// flow socket to its link. A client on the link of the host's address
+// toward the backend (another container on the backend's bridge), which
+// the backend would answer directly; New finds that link once. Every client
+// of a backend on one of the host's own addresses, which would send its
+// replies straight to the client; New says so in the log. A client of the
+// other family than the backend, said once in the log per host socket; an
+// IPv4-mapped client counts as IPv4. New fails when the process may not
+// make a socket transparent (it needs CAP_NET_ADMIN or CAP_NET_RAW).
 //
 // Flows expire after IdleTimeout without a datagram in either direction (a
 // client that keeps sending keeps its flow, whether the backend answers or
