@@ -48,7 +48,7 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 				logging.Duration("idle", time.Duration(now-victim.last)), logging.Int64("suppressed", skipped))
 		}
 	}
-	fd, err := p.dialBackend()
+	fd, err := p.dialBackend(key, pi)
 	if err != nil {
 		p.st.failed.Add(1)
 		if ok, skipped := p.flowLog.Allow(p.at(now)); ok {
@@ -95,11 +95,28 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 	return f
 }
 
-// dialBackend opens a non-blocking UDP socket connected to the backend.
-func (p *Proxy) dialBackend() (int, error) {
+// dialBackend opens a non-blocking UDP socket connected to the backend, for
+// the flow of key; when the proxy is transparent it is first bound to the
+// client's address (transparentSource).
+func (p *Proxy) dialBackend(key flowKey, pi sockopt.Pktinfo) (int, error) {
 	fd, err := unix.Socket(p.bfamily, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
+	}
+	if src, ok := p.transparentSource(key, pi); ok {
+		err := bindTransparent(fd, p.bfamily, src, key.scope)
+		if err == errHostClient {
+			// Bound to a host address: start again with a socket that
+			// takes the host's normal source.
+			unix.Close(fd)
+			fd, err = unix.Socket(p.bfamily, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+			if err != nil {
+				return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
+			}
+		} else if err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
 	}
 	if err := unix.Connect(fd, p.bsa); err != nil {
 		unix.Close(fd)

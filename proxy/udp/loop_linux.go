@@ -391,10 +391,11 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 		}
 		return nil, err
 	}
+	known := make(map[netip.Addr]backendFacts) // for -transparent
 	for _, m := range ms {
 		c := cfg
 		c.Backend = m.Backend
-		p, err := newMember(m.File, c)
+		p, err := newMember(m.File, c, known)
 		if err != nil {
 			return fail(err)
 		}
@@ -438,7 +439,7 @@ func (r *Range) Shutdown(ctx context.Context) error { return r.l.shutdown(ctx) }
 func (r *Range) Add(m Mapping) error {
 	c := r.cfg
 	c.Backend = m.Backend
-	p, err := newMember(m.File, c)
+	p, err := newMember(m.File, c, nil)
 	if err != nil {
 		return err
 	}

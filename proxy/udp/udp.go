@@ -23,6 +23,33 @@
 // idle flow costs its socket and about 330 bytes of heap
 // (BenchmarkIdleFlow).
 //
+// With Config.Transparent each flow's socket leaves from the client's own
+// address, so the backend sees the client: it gets IP_TRANSPARENT (or
+// IPV6_TRANSPARENT) and is bound to the client's address and port before it
+// connects, one setsockopt and one bind more per new flow and nothing per
+// datagram; replies leave the host socket as above. The backend's replies
+// are addressed to the client, and reach the flow socket only with the host
+// rules of docs/client-address.md; without them the host drops them. When
+// the client's port is taken, as when one client writes from one port to
+// two addresses of the mapping (two flows toward one backend), bind fails
+// with EADDRINUSE and the flow takes the client's address with a port the
+// kernel picks; SO_REUSEADDR is never set, so no two flows share a 4-tuple.
+//
+// Some flows keep the host's normal source. A client that is one of the
+// host's own addresses: a loopback one, or one that wrote to its own
+// address (a host process whose socket is not bound), is recognised at
+// once; any other holds its own port, so that the bind fails with
+// EADDRINUSE, and a bind without IP_TRANSPARENT, which only a host address
+// passes, recognises it. An IPv6 link-local client, which would tie the
+// flow socket to its link. A client on the link of the host's address
+// toward the backend (another container on the backend's bridge), which
+// the backend would answer directly; New finds that link once. Every client
+// of a backend on one of the host's own addresses, which would send its
+// replies straight to the client; New says so in the log. A client of the
+// other family than the backend, said once in the log per host socket; an
+// IPv4-mapped client counts as IPv4. New fails when the process may not
+// make a socket transparent (it needs CAP_NET_ADMIN or CAP_NET_RAW).
+//
 // Flows expire after IdleTimeout without a datagram in either direction (a
 // client that keeps sending keeps its flow, whether the backend answers or
 // not). At most MaxFlows exist; a new client beyond that evicts the least
@@ -66,6 +93,12 @@ type Config struct {
 	// new client arrives with the table full, the least recently used flow
 	// is closed to make room.
 	MaxFlows int
+	// Transparent makes each flow's socket leave from the client's own
+	// address, and its port where free (IP_TRANSPARENT /
+	// IPV6_TRANSPARENT), so that the backend sees the client; see the
+	// package comment. New fails when the process may not set the option
+	// (it needs CAP_NET_ADMIN or CAP_NET_RAW).
+	Transparent bool
 	// Logger receives warnings and errors; nil discards them.
 	Logger *logging.Logger
 }

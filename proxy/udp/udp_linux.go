@@ -90,6 +90,12 @@ type Proxy struct {
 	gso        bool // UDP_SEGMENT works; turned off for good on EIO
 	gro        bool // UDP_GRO is on on the host socket
 	flowGRO    bool // UDP_GRO is turned on on new flow sockets
+	// transparent: flow sockets leave from the client's address
+	// (Config.Transparent); familyLogged: the fallback for a client of the
+	// other family than the backend was logged.
+	transparent, familyLogged bool
+	// backendLink: clients in it keep the host's source (backendLink).
+	backendLink netip.Prefix
 
 	// One limiter per kind of failure: at most a line per
 	// proxy.DefaultLogEvery each.
@@ -109,7 +115,7 @@ type counters struct {
 // without it), raises its receive buffer, and duplicates it: the caller may
 // close f once New returns.
 func New(f *os.File, cfg Config) (*Proxy, error) {
-	p, err := newMember(f, cfg)
+	p, err := newMember(f, cfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -121,8 +127,9 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 }
 
 // newMember is New without the loop: the checks, the socket options and the
-// duplicate of f.
-func newMember(f *os.File, cfg Config) (*Proxy, error) {
+// duplicate of f. known, when not nil, keeps what -transparent learns about
+// each backend address, for the other members of a range.
+func newMember(f *os.File, cfg Config, known map[netip.Addr]backendFacts) (*Proxy, error) {
 	if f == nil {
 		return nil, errors.New("udp proxy: nil host socket")
 	}
@@ -157,6 +164,23 @@ func newMember(f *os.File, cfg Config) (*Proxy, error) {
 		p.bfamily = unix.AF_INET6
 		p.bsa = &unix.SockaddrInet6{Port: int(backend.Port()), Addr: backend.Addr().As16()}
 	}
+	if cfg.Transparent {
+		bf, ok := known[backend.Addr()]
+		if !ok {
+			if bf, err = learnBackend(p.bfamily, p.bsa, backend.Addr()); err != nil {
+				return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
+			}
+			if known != nil {
+				known[backend.Addr()] = bf
+			}
+		}
+		if bf.local {
+			p.log.Warn("udp -transparent: the backend is one of the host's own addresses, " +
+				"which would send its replies to the clients themselves; its flows leave from the host's address")
+		}
+		p.transparent, p.backendLink = !bf.local, bf.link
+	}
+
 	if err := p.open(f); err != nil {
 		p.release()
 		return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)

@@ -18,6 +18,9 @@ type Proxy struct{}
 
 // New is not supported on this platform.
 func New(f *os.File, cfg Config) (*Proxy, error) {
+	if cfg.Transparent {
+		return nil, fmt.Errorf("udp proxy to %s: -transparent: %w", cfg.Backend, sockopt.ErrUnsupported)
+	}
 	return nil, fmt.Errorf("udp proxy to %s: %w", cfg.Backend, sockopt.ErrUnsupported)
 }
 
@@ -47,6 +50,9 @@ type Range struct{}
 
 // NewRange is not supported on this platform.
 func NewRange(ms []Mapping, cfg Config) (*Range, error) {
+	if cfg.Transparent {
+		return nil, fmt.Errorf("udp proxy: -transparent: %w", sockopt.ErrUnsupported)
+	}
 	return nil, fmt.Errorf("udp proxy: %w", sockopt.ErrUnsupported)
 }
 
