@@ -16,6 +16,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -90,6 +91,7 @@ type Proxy struct {
 	gso        bool // UDP_SEGMENT works; turned off for good on EIO
 	gro        bool // UDP_GRO is on on the host socket
 	flowGRO    bool // UDP_GRO is turned on on new flow sockets
+	pp         bool // every datagram to the backend starts with a PROXY v2 header (flow.pp)
 
 	// One limiter per kind of failure: at most a line per
 	// proxy.DefaultLogEvery each.
@@ -102,6 +104,7 @@ type counters struct {
 	toBackend, toClient, bytesToBackend, bytesToClient atomic.Uint64
 	truncated, refused, dropped, rejected              atomic.Uint64
 	coalesced                                          atomic.Uint64 // UDP GRO buffers received
+	gsoSends                                           atomic.Uint64 // sends of more than one datagram (UDP GSO)
 }
 
 // New returns a relay that serves the bound UDP socket f and sends to
@@ -126,6 +129,11 @@ func newMember(f *os.File, cfg Config) (*Proxy, error) {
 	if f == nil {
 		return nil, errors.New("udp proxy: nil host socket")
 	}
+	switch cfg.ProxyProtocol {
+	case proxyproto.None, proxyproto.V2:
+	default:
+		return nil, fmt.Errorf("udp proxy on %s: PROXY protocol %s has no UDP form (want v2)", f.Name(), cfg.ProxyProtocol)
+	}
 	backend := netip.AddrPortFrom(cfg.Backend.Addr().Unmap(), cfg.Backend.Port())
 	if !backend.Addr().IsValid() || backend.Port() == 0 || backend.Addr().IsUnspecified() {
 		return nil, fmt.Errorf("udp proxy on %s: invalid backend address %s", f.Name(), cfg.Backend)
@@ -149,6 +157,7 @@ func newMember(f *os.File, cfg Config) (*Proxy, error) {
 		v6:       info.Family == unix.AF_INET6,
 		laddr:    net.UDPAddrFromAddrPort(info.Local),
 		hostFD:   -1,
+		pp:       cfg.ProxyProtocol == proxyproto.V2,
 		gso:      os.Getenv(gsoEnv) != "0" && sockopt.UDPGSOSupported(f),
 	}
 	if backend.Addr().Is4() {
