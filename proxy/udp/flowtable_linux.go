@@ -36,8 +36,22 @@ type flow struct {
 	oob     [sockopt.PktinfoSpace]byte
 
 	// pp is the PROXY protocol v2 header every datagram to the backend
-	// starts with, computed once; nil without Config.ProxyProtocol.
-	pp []byte
+	// starts with, computed once; nil without Config.ProxyProtocol (a
+	// pointer keeps the record in its size class when there is none).
+	pp *ppHeader
+}
+
+// ppHeader is a flow's PROXY protocol header: b[:n].
+type ppHeader struct {
+	n uint8
+	b [proxyproto.MaxV2Len]byte
+}
+
+func (h *ppHeader) bytes() []byte {
+	if h == nil {
+		return nil
+	}
+	return h.b[:h.n]
 }
 
 // newFlow opens a flow for key, evicting the least recently used one when
@@ -97,8 +111,9 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 		if !dst.IsValid() && !p.laddr.IP.IsUnspecified() {
 			dst = p.laddr.AddrPort().Addr()
 		}
-		f.pp = proxyproto.AppendV2(make([]byte, 0, proxyproto.MaxV2Len), proxyproto.Datagram,
-			key.client, netip.AddrPortFrom(dst, uint16(p.laddr.Port)))
+		f.pp = new(ppHeader)
+		f.pp.n = uint8(len(proxyproto.AppendV2(f.pp.b[:0], proxyproto.Datagram,
+			key.client, netip.AddrPortFrom(dst, uint16(p.laddr.Port)))))
 	}
 	p.slots[slot] = f
 	p.flows[key] = f

@@ -64,7 +64,7 @@ func (p *Proxy) toBackend(f *flow, dgrams []unix.Iovec, now int64) {
 func (p *Proxy) send(fd int, dgrams []unix.Iovec, flows []*flow, reply, gso bool, now int64) {
 	var pp []byte // the PROXY header of the backend sends' one flow
 	if !reply {
-		pp = flows[0].pp
+		pp = flows[0].pp.bytes()
 	}
 	sizes := p.sizes[:len(dgrams)]
 	for i := range dgrams {
