@@ -39,10 +39,19 @@ func shortHeaderWrite(t *testing.T, k int) {
 	c.CloseWrite()
 	b := accepted(t, conns)
 	if k == 0 {
-		// EAGAIN leaves the backend unwritable until its next
-		// EPOLLOUT: make one by having it send something.
-		if _, err := b.Write([]byte("x")); err != nil {
-			t.Fatal(err)
+		// A real EAGAIN is followed by an EPOLLOUT edge once the send
+		// buffer drains; the fake one is not. Any later event of the
+		// backend socket reports EPOLLOUT too: the backend sends "x"
+		// (which may come with the connect's completion, before the fake
+		// EAGAIN), then, once the client has it, "y".
+		var one [1]byte
+		for _, s := range []string{"x", "y"} {
+			if _, err := b.Write([]byte(s)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, one[:]); err != nil || string(one[:]) != s {
+				t.Fatalf("client read %q, %v; want %q", one[:], err, s)
+			}
 		}
 	}
 	got, err := io.ReadAll(b)
