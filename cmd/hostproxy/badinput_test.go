@@ -112,6 +112,14 @@ func TestBadInput(t *testing.T) {
 		{"-L bad protocol", []string{"-L", "8080:127.0.0.1:80/icmp"}, nil, false},
 		{"-L unresolvable host", []string{"-L", "8080:no-such-host.invalid:80"}, nil, false},
 		{"-L unequal ranges", []string{"-L", "8000-8001:127.0.0.1:80"}, nil, false},
+		// -proxy-protocol
+		{"proxy protocol v3", ok("-proxy-protocol", "v3"), nil, false},
+		{"proxy protocol empty", ok("-proxy-protocol", ""), nil, false},
+		{"proxy protocol v1 with UDP", engine("udp", "127.0.0.1", "8080", "10.0.0.2", "80", "-proxy-protocol", "v1"), nil, false},
+		{"proxy protocol with SCTP", engine("sctp", "127.0.0.1", "8080", "10.0.0.2", "80", "-proxy-protocol", "v2"), nil, false},
+		{"proxy protocol v1 with allocation over UDP", engine("udp", "127.0.0.1", "0", "10.0.0.2", "80", "-proxy-protocol", "v1"), nil, false},
+		{"proxy protocol v1 with a UDP -L", []string{"-proxy-protocol", "v1", "-L", "8080:127.0.0.1:80", "-L", "8053:127.0.0.1:53/udp"}, nil, false},
+		{"proxy protocol with an SCTP -L", []string{"-proxy-protocol", "v2", "-L", "8080:127.0.0.1:80/sctp"}, nil, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.v6 {

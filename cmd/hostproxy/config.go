@@ -13,6 +13,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/alloc"
 	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 	"github.com/hostproxy/hostproxy/proxy/udp"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
@@ -82,6 +83,9 @@ type config struct {
 	MetricsInterval time.Duration // between two writes of MetricsFile
 	User            string        // -user: the account to run as once the sockets exist ("" keeps the uid)
 	Seccomp         bool          // -seccomp: install the system call allow-list
+
+	// The client's address: -proxy-protocol (proxyprotocol.go).
+	ProxyProtocol proxyproto.Version // None: no PROXY header
 }
 
 // Backend returns the container address host port p maps to.
@@ -113,6 +117,8 @@ type flags struct {
 	metricsInterval                             time.Duration
 	user                                        string
 	seccomp                                     bool
+
+	proxyProtocol string // -proxy-protocol
 }
 
 func newFlags() *flags {
@@ -139,6 +145,9 @@ func newFlags() *flags {
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval, "rewrite -metrics-file every `duration`, and at exit")
 	fs.StringVar(&f.user, "user", defaultUser, "started as root, run as this `user` (name, UID or UID:GID) once the sockets exist (\"\" keeps the uid; capabilities are dropped either way)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "confine the process to the system calls the relays make (a seccomp allow-list); -seccomp=false turns it off")
+	// The client's address: -proxy-protocol (proxyprotocol.go).
+	fs.StringVar(&f.proxyProtocol, "proxy-protocol", "", "send each TCP backend a PROXY protocol header (`version` v1 or v2) naming the client, and start every UDP datagram to the backend with a v2 header (v2 only)")
+
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")
 	return f
@@ -225,9 +234,15 @@ func parseArgs(args []string) (*config, error) {
 			}
 			c.Forwards = append(c.Forwards, fw)
 		}
+		if err := c.setProxyProtocol(f.proxyProtocol, set["proxy-protocol"]); err != nil {
+			return nil, err
+		}
 		return c, nil
 	}
-	return c, c.parseEngine(f)
+	if err := c.parseEngine(f); err != nil {
+		return c, err
+	}
+	return c, c.setProxyProtocol(f.proxyProtocol, set["proxy-protocol"])
 }
 
 // parseEngine validates docker-proxy's flags and picks compat or allocation

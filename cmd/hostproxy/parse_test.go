@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/hostproxy/hostproxy/alloc"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -190,5 +191,26 @@ func TestParseArgs(t *testing.T) {
 	}
 	if got, want := c.Backend(81), netip.MustParseAddrPort("10.0.0.2:181"); got != want {
 		t.Errorf("Backend(81) = %v, want %v", got, want)
+	}
+}
+
+// TestParseProxyProtocol: -proxy-protocol is accepted in every form where
+// its protocols allow it, and sets the version.
+func TestParseProxyProtocol(t *testing.T) {
+	for _, tt := range []struct {
+		args string
+		want proxyproto.Version
+	}{
+		{"-proto tcp -host-ip 127.0.0.1 -host-port 80 -container-ip 10.0.0.2 -container-port 8080", proxyproto.None},
+		{"-proxy-protocol v1 -proto tcp -host-ip 127.0.0.1 -host-port 80 -container-ip 10.0.0.2 -container-port 8080", proxyproto.V1},
+		{"-proxy-protocol v2 -proto udp -host-ip 127.0.0.1 -host-port 80 -container-ip 10.0.0.2 -container-port 53", proxyproto.V2},
+		{"-proxy-protocol v1 -host-ip 127.0.0.1 -host-port 0 -container-ip 10.0.0.2 -container-port 80", proxyproto.V1},
+		{"-proxy-protocol v2 -L 8080:127.0.0.1:80 -L [::1]:53:[::1]:5353/udp", proxyproto.V2},
+		{"-proxy-protocol v1 -L 8080:127.0.0.1:80", proxyproto.V1},
+	} {
+		c, err := parseArgs(strings.Fields(tt.args))
+		if err != nil || c.ProxyProtocol != tt.want {
+			t.Errorf("parseArgs(%s): %+v, %v; want ProxyProtocol %v", tt.args, c, err, tt.want)
+		}
 	}
 }

@@ -177,10 +177,12 @@ func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.Ad
 	)
 	switch proto {
 	case sockopt.TCP:
-		p, err = tcp.New(f, tcp.Config{Backend: backend, DialTimeout: s.cfg.DialTimeout, Logger: log})
+		p, err = tcp.New(f, tcp.Config{Backend: backend, DialTimeout: s.cfg.DialTimeout, Logger: log,
+			ProxyProtocol: s.cfg.ProxyProtocol})
 	case sockopt.UDP:
 		p, err = udp.New(f, udp.Config{Backend: backend, IdleTimeout: s.cfg.UDPTimeout,
-			MaxFlows: s.cfg.UDPMaxFlows, Logger: log})
+			MaxFlows: s.cfg.UDPMaxFlows, Logger: log,
+			ProxyProtocol: s.cfg.ProxyProtocol})
 	case sockopt.SCTP:
 		p, err = sctp.New(f, sctp.Config{Backend: backend, DialTimeout: s.cfg.DialTimeout, Logger: log})
 	default:
@@ -249,13 +251,15 @@ func (s *server) addGroup(g group) error {
 		for i, f := range g.files {
 			ms[i] = tcp.Mapping{File: f, Backend: g.backends[i]}
 		}
-		p, err = tcp.NewRange(ms, tcp.Config{DialTimeout: s.cfg.DialTimeout, Logger: log})
+		p, err = tcp.NewRange(ms, tcp.Config{DialTimeout: s.cfg.DialTimeout, Logger: log,
+			ProxyProtocol: s.cfg.ProxyProtocol})
 	case sockopt.UDP:
 		ms := make([]udp.Mapping, len(g.files))
 		for i, f := range g.files {
 			ms[i] = udp.Mapping{File: f, Backend: g.backends[i]}
 		}
-		p, err = udp.NewRange(ms, udp.Config{IdleTimeout: s.cfg.UDPTimeout, MaxFlows: s.cfg.UDPMaxFlows, Logger: log})
+		p, err = udp.NewRange(ms, udp.Config{IdleTimeout: s.cfg.UDPTimeout, MaxFlows: s.cfg.UDPMaxFlows, Logger: log,
+			ProxyProtocol: s.cfg.ProxyProtocol})
 	case sockopt.SCTP:
 		ms := make([]sctp.Mapping, len(g.files))
 		for i, f := range g.files {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -75,6 +76,7 @@ type conn struct {
 	inPipe   [2]uint32   // bytes read from side d, not yet written to the other
 	flags    [2]uint8
 	dialing  bool
+	hdrLeft  uint8  // bytes of the PROXY header in spill[sideClient], not yet sent
 	port     uint32 // index in Proxy.ports
 	gen      uint32 // changes each time the record is reused
 	prev     int32  // in the loop's dial list, while dialing
@@ -736,6 +738,7 @@ func (l *loop) expireDials(now int64) {
 
 // handle takes the events of one socket of c, whose index is idx.
 func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
+	connected := false
 	if c.dialing && side == sideBackend {
 		if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 			pt := &l.p.ports[c.port]
@@ -751,6 +754,7 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 		}
 		l.undial(c)
 		l.connected(c)
+		connected = true
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.flags[side] |= fReadable
@@ -767,7 +771,48 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 		}
 		return
 	}
+	if connected && l.p.pp != proxyproto.None && !l.sendHeader(c) {
+		l.reset(c, idx, true)
+		return
+	}
 	l.pump(c, idx)
+}
+
+// writeHeader writes a PROXY header; tests replace it to cut the write short.
+var writeHeader = func(fd int32, b []byte) (int, unix.Errno) { return rawRW(unix.SYS_WRITE, fd, b) }
+
+// sendHeader writes the PROXY protocol header to c's backend, whose connect
+// has just completed, before anything of the client's: the client's
+// address as the source, the address the client connected to (the
+// accepted socket's own) as the destination. What the backend does not
+// take at once waits in c.spill, which move sends before any byte of the
+// client's. It reports false when the backend socket failed.
+func (l *loop) sendHeader(c *conn) bool {
+	cfd := int(c.fd[sideClient])
+	h := proxyproto.Append(l.buf[:0], l.p.pp, sockName(unix.SYS_GETPEERNAME, cfd), sockName(unix.SYS_GETSOCKNAME, cfd))
+	n, errno := 0, unix.Errno(0)
+	if c.flags[sideBackend]&fWritable != 0 {
+		n, errno = writeHeader(c.fd[sideBackend], h)
+	} else {
+		errno = unix.EAGAIN
+	}
+	switch errno {
+	case 0:
+	case unix.EAGAIN:
+		n = 0
+		c.flags[sideBackend] &^= fWritable
+	default:
+		return false
+	}
+	if n == len(h) {
+		return true
+	}
+	if c.spill == nil {
+		c.spill = new([2][]byte)
+	}
+	c.spill[sideClient] = append(c.spill[sideClient][:0], h[n:]...)
+	c.hdrLeft = uint8(len(h) - n)
+	return true
 }
 
 // connected ends c's dial with success: the next dial error of class Retry
@@ -832,6 +877,11 @@ func (l *loop) move(c *conn, d int) bool {
 				return false
 			}
 			c.spill[d] = c.spill[d][n:]
+			if d == sideClient && c.hdrLeft > 0 { // header bytes are not the client's
+				h := min(n, int(c.hdrLeft))
+				c.hdrLeft -= uint8(h)
+				n -= h
+			}
 			l.count(c, d, n)
 			continue
 		}
@@ -1137,13 +1187,17 @@ func (l *loop) logClosed(c *conn, end string) {
 }
 
 // peerOf returns the address of fd's peer, or the zero AddrPort.
-func peerOf(fd int) netip.AddrPort {
+func peerOf(fd int) netip.AddrPort { return sockName(unix.SYS_GETPEERNAME, fd) }
+
+// sockName returns the address of fd's peer (trap SYS_GETPEERNAME) or its
+// own (SYS_GETSOCKNAME), or the zero AddrPort.
+func sockName(trap uintptr, fd int) netip.AddrPort {
 	var buf [unix.SizeofSockaddrInet6]byte
 	n := uint32(len(buf))
-	if _, _, errno := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&buf)), uintptr(unsafe.Pointer(&n))); errno != 0 {
+	if _, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&buf)), uintptr(unsafe.Pointer(&n))); errno != 0 {
 		return netip.AddrPort{}
 	}
-	ap, _, _ := sockopt.ParseSockaddr(buf[:n])
+	ap, _, _ := sockopt.ParseSockaddr(buf[:min(n, uint32(len(buf)))])
 	return ap
 }
 

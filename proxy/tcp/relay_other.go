@@ -12,6 +12,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 )
 
 // relay is one client connection and, once dialed, its backend connection.
@@ -48,6 +49,10 @@ func (r *relay) run() {
 		reset(backend)
 		return
 	}
+	if p.pp != proxyproto.None && !r.sendHeader(backend) {
+		r.close(true)
+		return
+	}
 
 	// client → backend in a second goroutine, backend → client here.
 	var up int64
@@ -63,6 +68,16 @@ func (r *relay) run() {
 			logging.Int64("bytes_up", up), logging.Int64("bytes_down", down),
 			logging.String("end", endName(r.wasReset.Load())))
 	}
+}
+
+// sendHeader writes the PROXY protocol header to backend before anything of
+// the client's: the client's address as the source, the address it
+// connected to as the destination. It reports false when the write failed.
+func (r *relay) sendHeader(backend *net.TCPConn) bool {
+	var buf [proxyproto.MaxLen]byte
+	h := proxyproto.Append(buf[:0], r.p.pp, addrPortOf(r.client.RemoteAddr()), addrPortOf(r.client.LocalAddr()))
+	_, err := backend.Write(h) // Write writes it all or fails
+	return err == nil
 }
 
 // pipe runs one direction of r. An error on either socket resets the whole

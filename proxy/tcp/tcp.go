@@ -46,6 +46,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 )
 
 // DefaultDialTimeout is the backend dial timeout used when
@@ -76,6 +77,15 @@ type Config struct {
 	// Logger receives failures (Warn) and per-connection events (Debug);
 	// nil discards everything.
 	Logger *logging.Logger
+
+	// ProxyProtocol, when not proxyproto.None, sends every backend a PROXY
+	// protocol header of that version as soon as the connect completes,
+	// before any byte of the client's (and whether or not the client
+	// speaks first): source the client's address and port, destination
+	// the address and port the client connected to (the accepted socket's
+	// own, so the real local address on a wildcard listener).
+	// IPv4-mapped addresses are announced as IPv4.
+	ProxyProtocol proxyproto.Version
 }
 
 // Mapping is one socket of a range proxy (NewRange) and the backend its

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -34,6 +35,8 @@ type Proxy struct {
 	// keepCnt is set when the system's default keepalive probe count is not
 	// keepAlive.Count, so that backend sockets need TCP_KEEPCNT too.
 	keepCnt bool
+	// pp is the PROXY protocol header sent to each backend (None: none).
+	pp proxyproto.Version
 
 	// lnMu orders closing the listening sockets after an accept4 or an
 	// epoll_ctl on them in progress (readers: the loops; writer:
@@ -215,6 +218,7 @@ func newProxy(ports []port, cfg Config) *Proxy {
 		log:         cfg.Logger,
 		single:      len(ports) == 1,
 		keepCnt:     systemKeepCnt() != keepAlive.Count,
+		pp:          cfg.ProxyProtocol,
 	}
 	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {

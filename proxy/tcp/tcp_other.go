@@ -17,6 +17,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 )
 
 // Proxy is a TCP relay. Create it with New, NewListener or NewRange and run
@@ -30,6 +31,8 @@ type Proxy struct {
 	// poll tells a range's accept loop which sockets have connections
 	// waiting; nil with one port.
 	poll *poller
+	// pp is the PROXY protocol header sent to each backend (None: none).
+	pp proxyproto.Version
 
 	// ctx is cancelled by Close; it aborts backend dials in progress.
 	ctx    context.Context
@@ -186,6 +189,7 @@ func newProxy(ports []port, cfg Config) *Proxy {
 	p := &Proxy{
 		ports:       ports,
 		dialTimeout: cfg.DialTimeout,
+		pp:          cfg.ProxyProtocol,
 		ctx:         ctx,
 		cancel:      cancel,
 		stopping:    make(chan struct{}),

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -33,6 +34,24 @@ type flow struct {
 	ooblen  uint32
 	name    [sizeofName]byte
 	oob     [sockopt.PktinfoSpace]byte
+
+	// pp is the PROXY protocol v2 header every datagram to the backend
+	// starts with, computed once; nil without Config.ProxyProtocol (a
+	// pointer keeps the record in its size class when there is none).
+	pp *ppHeader
+}
+
+// ppHeader is a flow's PROXY protocol header: b[:n].
+type ppHeader struct {
+	n uint8
+	b [proxyproto.MaxV2Len]byte
+}
+
+func (h *ppHeader) bytes() []byte {
+	if h == nil {
+		return nil
+	}
+	return h.b[:h.n]
 }
 
 // newFlow opens a flow for key, evicting the least recently used one when
@@ -83,6 +102,18 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 			ifindex = pi.Ifindex
 		}
 		f.ooblen = uint32(len(sockopt.AppendPktinfo(f.oob[:0], p.v6, src, ifindex)))
+	}
+	if p.pp {
+		// The destination is the address the client wrote to; without
+		// PKTINFO, the host socket's own if it is not a wildcard (else the
+		// header says AF_UNSPEC).
+		dst := key.local
+		if !dst.IsValid() && !p.laddr.IP.IsUnspecified() {
+			dst = p.laddr.AddrPort().Addr()
+		}
+		f.pp = new(ppHeader)
+		f.pp.n = uint8(len(proxyproto.AppendV2(f.pp.b[:0], proxyproto.Datagram,
+			key.client, netip.AddrPortFrom(dst, uint16(p.laddr.Port)))))
 	}
 	p.slots[slot] = f
 	p.flows[key] = f

@@ -29,7 +29,7 @@ func newScratch() scratch {
 		sizes:    make([]int, sendMax),
 		groups:   make([]group, 0, sendMax),
 		hdrs:     make([]unix.Mmsghdr, sendMax),
-		iovs:     make([]unix.Iovec, sendMax),
+		iovs:     make([]unix.Iovec, 2*sendMax), // a PROXY header and a payload each
 		ctls:     make([][ctlSize]byte, sendMax),
 	}
 }
@@ -50,7 +50,11 @@ func (p *Proxy) toBackend(f *flow, dgrams []unix.Iovec, now int64) {
 // send writes the datagrams dgrams to fd with sendmmsg, coalescing runs for
 // one flow with UDP GSO when gso is set. Replies (reply set) go from the host
 // socket to each flow's client, with the flow's PKTINFO; otherwise fd is a
-// flow's connected backend socket.
+// flow's connected backend socket, and with Config.ProxyProtocol each
+// datagram is sent as two iovecs, the flow's PROXY header and the payload.
+// A GSO run then carries the header before every payload and its segment
+// size counts the header, so the kernel cuts it into datagrams that each
+// start with it (the header is the same for every datagram of a flow).
 //
 // Errors are handled per send: ECONNREFUSED on a backend socket reports an
 // ICMP error for an earlier datagram, so the send is retried; a refused GSO
@@ -58,16 +62,34 @@ func (p *Proxy) toBackend(f *flow, dgrams []unix.Iovec, now int64) {
 // an EINVAL on a reply with PKTINFO drops that flow's source address; any
 // other error drops the datagrams of that send, counted and logged.
 func (p *Proxy) send(fd int, dgrams []unix.Iovec, flows []*flow, reply, gso bool, now int64) {
+	var pp []byte // the PROXY header of the backend sends' one flow
+	if !reply {
+		pp = flows[0].pp.bytes()
+	}
 	sizes := p.sizes[:len(dgrams)]
 	for i := range dgrams {
-		sizes[i] = int(dgrams[i].Len)
+		sizes[i] = len(pp) + int(dgrams[i].Len)
 	}
 	groups := planGroups(p.groups, sizes, flows, gso)
-	copy(p.iovs, dgrams)
+	if pp == nil {
+		copy(p.iovs, dgrams)
+	}
+	j := 0 // next free iovec, with headers
 	for k, g := range groups {
 		h := &p.hdrs[k].Hdr
-		h.Iov = &p.iovs[g.first]
-		h.SetIovlen(g.count)
+		if pp == nil {
+			h.Iov = &p.iovs[g.first]
+			h.SetIovlen(g.count)
+		} else {
+			h.Iov = &p.iovs[j]
+			for _, d := range dgrams[g.first : g.first+g.count] {
+				p.iovs[j].Base = &pp[0]
+				p.iovs[j].SetLen(len(pp))
+				p.iovs[j+1] = d
+				j += 2
+			}
+			h.SetIovlen(2 * g.count)
+		}
 		f := flows[g.first]
 		ctl := p.ctls[k][:0]
 		h.Name, h.Namelen = nil, 0
@@ -93,7 +115,10 @@ func (p *Proxy) send(fd int, dgrams []unix.Iovec, flows []*flow, reply, gso bool
 			for _, g := range groups[k : k+n] {
 				count += uint64(g.count)
 				for _, s := range sizes[g.first : g.first+g.count] {
-					bytes += uint64(s)
+					bytes += uint64(s - len(pp)) // the payloads relayed
+				}
+				if g.count > 1 {
+					p.st.gsoSends.Add(1)
 				}
 			}
 			if reply {

@@ -64,6 +64,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 )
 
 // Defaults for the zero Config fields.
@@ -101,6 +102,13 @@ type Config struct {
 	Transparent bool
 	// Logger receives warnings and errors; nil discards them.
 	Logger *logging.Logger
+
+	// ProxyProtocol proxyproto.V2 starts every datagram to the backend
+	// with a PROXY protocol v2 header (DGRAM): source the client's address
+	// and port, destination the address the client wrote to (from
+	// PKTINFO, so the real one on a wildcard socket) and the host socket's
+	// port. Replies pass unchanged. V1 has no UDP form: New fails.
+	ProxyProtocol proxyproto.Version
 }
 
 func (c Config) idleTimeout() time.Duration {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -90,6 +91,7 @@ type Proxy struct {
 	gso        bool // UDP_SEGMENT works; turned off for good on EIO
 	gro        bool // UDP_GRO is on on the host socket
 	flowGRO    bool // UDP_GRO is turned on on new flow sockets
+	pp         bool // every datagram to the backend starts with a PROXY v2 header (flow.pp)
 	// transparent: flow sockets leave from the client's address
 	// (Config.Transparent); familyLogged: the fallback for a client of the
 	// other family than the backend was logged.
@@ -108,6 +110,7 @@ type counters struct {
 	toBackend, toClient, bytesToBackend, bytesToClient atomic.Uint64
 	truncated, refused, dropped, rejected              atomic.Uint64
 	coalesced                                          atomic.Uint64 // UDP GRO buffers received
+	gsoSends                                           atomic.Uint64 // sends of more than one datagram (UDP GSO)
 }
 
 // New returns a relay that serves the bound UDP socket f and sends to
@@ -133,6 +136,11 @@ func newMember(f *os.File, cfg Config, known map[netip.Addr]backendFacts) (*Prox
 	if f == nil {
 		return nil, errors.New("udp proxy: nil host socket")
 	}
+	switch cfg.ProxyProtocol {
+	case proxyproto.None, proxyproto.V2:
+	default:
+		return nil, fmt.Errorf("udp proxy on %s: PROXY protocol %s has no UDP form (want v2)", f.Name(), cfg.ProxyProtocol)
+	}
 	backend := netip.AddrPortFrom(cfg.Backend.Addr().Unmap(), cfg.Backend.Port())
 	if !backend.Addr().IsValid() || backend.Port() == 0 || backend.Addr().IsUnspecified() {
 		return nil, fmt.Errorf("udp proxy on %s: invalid backend address %s", f.Name(), cfg.Backend)
@@ -156,6 +164,7 @@ func newMember(f *os.File, cfg Config, known map[netip.Addr]backendFacts) (*Prox
 		v6:       info.Family == unix.AF_INET6,
 		laddr:    net.UDPAddrFromAddrPort(info.Local),
 		hostFD:   -1,
+		pp:       cfg.ProxyProtocol == proxyproto.V2,
 		gso:      os.Getenv(gsoEnv) != "0" && sockopt.UDPGSOSupported(f),
 	}
 	if backend.Addr().Is4() {
