@@ -43,7 +43,7 @@ func (r *Renderer) LogLines(s *Snapshot) []byte {
 		b = logUint(b, "bytes_down", st.BytesToClient)
 		b = logUint(b, "drops_truncated", st.Truncated)
 		b = logUint(b, "drops_refused", st.Refused)
-		b = logUint(b, "drops_send_error", r.sendErrors(m))
+		b = logUint(b, "drops_send_error", st.Dropped)
 		b = logUint(b, "drops_shutdown", st.Rejected)
 		b = logUint(b, "drops_flow_failed", st.FlowsFailed)
 		b = append(b, '\n')

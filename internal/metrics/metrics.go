@@ -54,8 +54,7 @@ func (s *Snapshot) AddUDP(listen, backend netip.AddrPort, st udp.Stats) {
 }
 
 // Renderer turns a Snapshot into text. Its zero value works; a Renderer is
-// not safe for concurrent use. It remembers one value per UDP mapping it has
-// seen (see sendErrors), so it is meant for the snapshots of one process.
+// not safe for concurrent use.
 type Renderer struct {
 	// Version is the value of hostproxy_build_info's version label.
 	Version string
@@ -66,11 +65,10 @@ type Renderer struct {
 	// processes collected from one directory do not repeat a series.
 	File string
 
-	buf      []byte
-	sendErrs map[mapping]uint64 // per UDP mapping, the send_error drops last reported
-	labels   []byte             // the label set of every mapping, streams first
-	offs     []int              // mapping i's labels are labels[offs[i]:offs[i+1]]
-	scratch  []byte
+	buf     []byte
+	labels  []byte // the label set of every mapping, streams first
+	offs    []int  // mapping i's labels are labels[offs[i]:offs[i+1]]
+	scratch []byte
 }
 
 // The metric families, in the order they are written.
@@ -192,38 +190,13 @@ func (r *Renderer) Exposition(s *Snapshot) []byte {
 			st := &s.UDP[j].Stats
 			b = r.uint(b, famDrops, base+j, `reason="truncated"`, st.Truncated)
 			b = r.uint(b, famDrops, base+j, `reason="refused"`, st.Refused)
-			b = r.uint(b, famDrops, base+j, `reason="send_error"`, r.sendErrors(&s.UDP[j]))
+			b = r.uint(b, famDrops, base+j, `reason="send_error"`, st.Dropped)
 			b = r.uint(b, famDrops, base+j, `reason="shutdown"`, st.Rejected)
 			b = r.uint(b, famDrops, base+j, `reason="flow_failed"`, st.FlowsFailed)
 		}
 	}
 	r.buf = b
 	return b
-}
-
-// mapping identifies a host socket and its backend.
-type mapping struct{ listen, backend netip.AddrPort }
-
-// sendErrors returns the send_error drops of UDP mapping m: udp.Stats
-// counts a datagram dropped because its flow could not be opened both in
-// FlowsFailed and in Dropped, so the datagrams dropped for other reasons
-// (send errors, a flow evicted while its datagrams waited in the same
-// batch) are Dropped - FlowsFailed. The two are read one after the other,
-// which may catch a failure in one and not yet in the other: the value
-// reported is never lower than the one reported before for the same
-// mapping, so that the counter never goes back.
-func (r *Renderer) sendErrors(m *UDP) uint64 {
-	if r.sendErrs == nil {
-		r.sendErrs = make(map[mapping]uint64)
-	}
-	var v uint64
-	if m.Stats.Dropped > m.Stats.FlowsFailed {
-		v = m.Stats.Dropped - m.Stats.FlowsFailed
-	}
-	k := mapping{m.Listen, m.Backend}
-	v = max(v, r.sendErrs[k])
-	r.sendErrs[k] = v
-	return v
 }
 
 // family writes the HELP and TYPE lines of a metric family.

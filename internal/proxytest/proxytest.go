@@ -2,7 +2,9 @@
 // proxy.Proxy (Serve, Close, Shutdown), which every relay runs with a
 // Harness of its own: proxy/tcp, proxy/udp (Proxy and Range) and proxy/sctp.
 // The contract itself is stated once, in proxy.Proxy's doc comment; Contract
-// checks each of its sentences against real sockets.
+// checks each of its sentences against real sockets. Mappings states and
+// checks the contract of adding and removing mappings while serving, which
+// tcp.Proxy, udp.Range and sctp.Range keep.
 package proxytest
 
 import (

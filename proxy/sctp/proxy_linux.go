@@ -159,7 +159,7 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 // it duplicates m.File, which the caller closes afterwards. It fails when
 // the socket is not a listening SCTP socket, the backend is not usable,
 // another mapping of the Range listens on the same address, or the Range is
-// closed (proxy.ErrClosed).
+// closed or shutting down (proxy.ErrClosed).
 func (r *Range) Add(m Mapping) error {
 	backend := netip.AddrPortFrom(m.Backend.Addr().Unmap(), m.Backend.Port())
 	if !backend.Addr().IsValid() || backend.Port() == 0 || backend.Addr().IsUnspecified() {
@@ -211,9 +211,15 @@ func (r *Range) Add(m Mapping) error {
 // Remove stops serving the mapping listening on listen, also while the Range
 // serves: its socket is closed (this Range's descriptor; the caller's file
 // is its own) and its open associations are aborted, as Close does for the
-// whole Range. The mapping's counters are no longer reported.
+// whole Range, before Remove returns. The mapping's counters are no longer
+// reported. It fails when no mapping listens on listen or the Range is
+// closed or shutting down (proxy.ErrClosed).
 func (r *Range) Remove(listen netip.AddrPort) error {
 	r.mu.Lock()
+	if r.stopping {
+		r.mu.Unlock()
+		return fmt.Errorf("sctp proxy: remove %s: %w", listen, proxy.ErrClosed)
+	}
 	i := -1
 	for j, pt := range r.ports {
 		if pt.listen == listen {

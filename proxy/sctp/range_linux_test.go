@@ -407,3 +407,38 @@ func TestSCTPDialNoFreePort(t *testing.T) {
 		return true
 	})
 }
+
+// TestSCTPMappings runs the contract of Add and Remove
+// (proxytest.Mappings) on a Range.
+func TestSCTPMappings(t *testing.T) {
+	testenv.RequireSCTP(t)
+	add := func(t *testing.T, p proxytest.Mapper, f *os.File) error {
+		srv := startEcho(t, lo4, nil)
+		return p.(*sctp.Range).Add(sctp.Mapping{File: f, Backend: srv.ln.Addr()})
+	}
+	proxytest.Mappings(t, proxytest.MappingsHarness{
+		New: func(t *testing.T) (proxytest.Mapper, netip.AddrPort) {
+			r, err := sctp.NewRange(nil, sctp.Config{})
+			if err != nil {
+				t.Fatalf("NewRange: %v", err)
+			}
+			f, addr := listenFile(t)
+			if err := add(t, r, f); err != nil {
+				r.Close()
+				t.Fatalf("Add: %v", err)
+			}
+			return r, addr
+		},
+		Socket: listenFile,
+		Add:    add,
+		Dial:   dialClient,
+		Listed: func(p proxytest.Mapper) []netip.AddrPort {
+			var l []netip.AddrPort
+			for a := range counters(p.(*sctp.Range)) {
+				l = append(l, a)
+			}
+			return l
+		},
+		Stream: true,
+	})
+}

@@ -24,7 +24,7 @@ func TestErrorClasses(t *testing.T) {
 		t.Fatalf("newLoop: %v", err)
 	}
 	t.Cleanup(l.close)
-	pt := &p.ports[0]
+	pt := p.ports[0]
 	warnings := func() int { return len(logs.atLeast(zapcore.WarnLevel)) }
 
 	accept := func(e unix.Errno) error { return os.NewSyscallError("accept4", e) }
@@ -52,7 +52,7 @@ func TestErrorClasses(t *testing.T) {
 			t.Fatal(serr)
 		}
 		c, idx := l.alloc()
-		c.fd[sideClient] = int32(fd)
+		c.fd[sideClient], c.pt = int32(fd), pt
 		l.live++
 		pt.counters.Active.Add(1)
 		l.paused = false

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -23,7 +25,7 @@ import (
 // What an epoll event is about: the low two bits of EpollEvent.Pad. For a
 // connection's socket, Fd is the connection's index in its loop and the
 // rest of Pad its generation; for a listening socket, Fd is its index in
-// Proxy.ports.
+// Proxy.slots.
 const (
 	evClient   = 0
 	evBackend  = 1
@@ -72,12 +74,12 @@ type pipePair struct {
 // conn is the record of one relayed connection, owned by its loop.
 type conn struct {
 	fd       [2]int32    // client and backend sockets; -1 when not open
+	pt       *port       // the mapping it was accepted on
 	pipe     [2]pipePair // pipe[d]: only while inPipe[d] > 0 or a splice is under way
 	inPipe   [2]uint32   // bytes read from side d, not yet written to the other
 	flags    [2]uint8
 	dialing  bool
-	hdrLeft  uint8  // bytes of the PROXY header in spill[sideClient], not yet sent
-	port     uint32 // index in Proxy.ports
+	hdrLeft  uint8 // bytes of the PROXY header in spill[sideClient], not yet sent
 	gen      uint32 // changes each time the record is reused
 	prev     int32  // in the loop's dial list, while dialing
 	next     int32
@@ -144,6 +146,13 @@ type loop struct {
 	acceptOff   proxy.Backoff // after accept errors
 	dialOff     proxy.Backoff // after dial errors; reset by a completed connect
 	acceptFails int64         // accept errors of class Retry since the last accept
+
+	// Remove appends to sweeps and sets sweep (with Proxy.mu held) for
+	// the loop to reset the connections of removed mappings; ended is set,
+	// with Proxy.mu held, when the loop has ended.
+	sweep  atomic.Bool
+	sweeps []*sync.WaitGroup
+	ended  bool
 }
 
 // loopCount returns how many event loops a Proxy runs, and how many of
@@ -208,13 +217,13 @@ func (l *loop) watchListeners() error {
 	if p.lnClosed {
 		return nil
 	}
-	for i := range p.ports {
-		pt := &p.ports[i]
+	for _, pt := range p.ports {
 		if pt.fd < 0 {
 			return fmt.Errorf("tcp proxy on %s: no descriptor for the listening socket", pt.listen)
 		}
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(i), Pad: evListener}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, pt.fd, &ev); err != nil {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: pt.tok, Pad: evListener}
+		// EEXIST: Add put a socket in while accepting was paused.
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, pt.fd, &ev); err != nil && err != unix.EEXIST {
 			return fmt.Errorf("epoll add %s: %w", pt.listen, err)
 		}
 	}
@@ -229,9 +238,9 @@ func (l *loop) unwatchListeners() {
 	if p.lnClosed {
 		return
 	}
-	for i := range p.ports {
-		if fd := p.ports[i].fd; fd >= 0 {
-			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	for _, pt := range p.ports {
+		if pt.fd >= 0 {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, pt.fd, nil)
 		}
 	}
 }
@@ -262,6 +271,7 @@ func (l *loop) now() int64 { return int64(time.Since(l.start)) }
 // run waits for events and handles them until the proxy closes, or stops
 // accepting and has no connection left in this loop.
 func (l *loop) run() {
+	defer l.end()
 	if l.owned {
 		l.runOwned()
 		return
@@ -329,6 +339,9 @@ func (l *loop) dispatch(n int) bool {
 		case evWake:
 			var b [8]byte
 			unix.Read(l.wakefd, b[:])
+			if l.sweep.Load() {
+				l.sweepRemoved()
+			}
 			again = true
 		case evListener:
 			l.accept(int(ev.Fd))
@@ -533,23 +546,23 @@ func (l *loop) alloc() (*conn, int32) {
 
 // release returns c's record, whose sockets are closed, to the free list.
 func (l *loop) release(c *conn, i int32) {
-	l.p.ports[c.port].counters.Active.Add(-1)
+	c.pt.counters.Active.Add(-1)
 	gen := c.gen + 1
 	*c = conn{fd: [2]int32{-1, -1}, gen: gen}
 	l.free = append(l.free, i)
 	l.live--
 }
 
-// accept takes one connection waiting on port i, if any, and starts its
-// relay.
+// accept takes one connection waiting on the socket of slot i, if any, and
+// starts its relay.
 func (l *loop) accept(i int) {
 	p := l.p
-	pt := &p.ports[i]
 	p.lnMu.RLock()
-	if p.lnClosed {
+	if p.lnClosed || i >= len(p.slots) || p.slots[i] == nil { // removed since the event
 		p.lnMu.RUnlock()
 		return
 	}
+	pt := p.slots[i]
 	fd, errno := accept4(pt.fd)
 	p.lnMu.RUnlock()
 	switch errno {
@@ -572,7 +585,7 @@ func (l *loop) accept(i int) {
 	if l.grows && l.live > 0 {
 		p.startLoops(l)
 	}
-	l.open(uint32(i), fd)
+	l.open(pt, fd)
 }
 
 // accept4 accepts on the listening socket fd a non-blocking, close-on-exec
@@ -617,22 +630,20 @@ func (l *loop) acceptFailed(pt *port, err error) {
 	l.pause(l.acceptOff.Next())
 }
 
-// pause stops accepting in this loop for d.
+// pause stops accepting in this loop for d. Already paused, it takes the
+// sockets out again: Add may have put one in meanwhile.
 func (l *loop) pause(d time.Duration) {
-	if !l.paused {
-		l.unwatchListeners()
-		l.paused = true
-	}
+	l.unwatchListeners()
+	l.paused = true
 	l.resumeAt = l.now() + int64(d)
 }
 
-// open starts the relay of the accepted connection fd on port i: a
+// open starts the relay of the accepted connection fd on port pt: a
 // non-blocking connect to the backend that the loop completes or times out.
-func (l *loop) open(i uint32, fd int) {
+func (l *loop) open(pt *port, fd int) {
 	p := l.p
-	pt := &p.ports[i]
 	c, idx := l.alloc()
-	c.fd[sideClient], c.port = int32(fd), i
+	c.fd[sideClient], c.pt = int32(fd), pt
 	l.live++
 	if pt.backendErr != nil {
 		l.dialFailed(c, idx, pt.backendErr)
@@ -731,7 +742,7 @@ func (l *loop) expireDials(now int64) {
 		if c.deadline > now {
 			return
 		}
-		pt := &l.p.ports[c.port]
+		pt := c.pt
 		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.ErrDeadlineExceeded})
 	}
 }
@@ -741,7 +752,7 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 	connected := false
 	if c.dialing && side == sideBackend {
 		if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-			pt := &l.p.ports[c.port]
+			pt := c.pt
 			errno, err := unix.GetsockoptInt(int(c.fd[sideBackend]), unix.SOL_SOCKET, unix.SO_ERROR)
 			if err == nil && errno == 0 {
 				errno = int(unix.ECONNREFUSED) // hung up without saying why
@@ -948,7 +959,7 @@ func (l *loop) move(c *conn, d int) bool {
 // count adds n bytes relayed in direction d of c.
 func (l *loop) count(c *conn, d, n int) {
 	c.bytes[d] += uint64(n)
-	if cs := l.p.ports[c.port].counters; d == sideClient {
+	if cs := c.pt.counters; d == sideClient {
 		cs.BytesUp.Add(uint64(n))
 	} else {
 		cs.BytesDown.Add(uint64(n))
@@ -1143,7 +1154,7 @@ func (l *loop) finish(c *conn, idx int32) {
 // has its own line.
 func (l *loop) reset(c *conn, idx int32, logged bool) {
 	l.undial(c)
-	l.p.ports[c.port].counters.Resets.Add(1)
+	c.pt.counters.Resets.Add(1)
 	if logged {
 		l.logClosed(c, "reset")
 	}
@@ -1163,6 +1174,41 @@ func resetFD(fd int) {
 	closeFD(int32(fd))
 }
 
+// sweepRemoved resets the connections of the mappings Remove took away,
+// then tells the Remove calls waiting for it.
+func (l *loop) sweepRemoved() {
+	p := l.p
+	p.mu.Lock()
+	waiting := l.sweeps
+	l.sweeps = nil
+	l.sweep.Store(false)
+	p.mu.Unlock()
+	for k, ch := range l.chunks {
+		for i := range ch {
+			if c := &ch[i]; c.fd[sideClient] >= 0 && c.pt.removed.Load() {
+				l.reset(c, int32(k*chunkConns+i), true)
+			}
+		}
+	}
+	for _, wg := range waiting {
+		wg.Done()
+	}
+}
+
+// end runs when the loop has ended, its connections reset or none left: a
+// Remove waiting for it has nothing more to wait for.
+func (l *loop) end() {
+	p := l.p
+	p.mu.Lock()
+	l.ended = true
+	waiting := l.sweeps
+	l.sweeps = nil
+	p.mu.Unlock()
+	for _, wg := range waiting {
+		wg.Done()
+	}
+}
+
 // resetAll resets every connection of the loop; Close calls for it.
 func (l *loop) resetAll() {
 	for k, ch := range l.chunks {
@@ -1180,7 +1226,7 @@ func (l *loop) logClosed(c *conn, end string) {
 	if !p.log.Enabled(zapcore.DebugLevel) {
 		return
 	}
-	p.logFor(&p.ports[c.port]).Debug("connection closed",
+	p.logFor(c.pt).Debug("connection closed",
 		logging.AddrPort("client", peerOf(int(c.fd[sideClient]))),
 		logging.Uint64("bytes_up", c.bytes[sideClient]), logging.Uint64("bytes_down", c.bytes[sideBackend]),
 		logging.String("end", end))
@@ -1210,7 +1256,7 @@ func sockName(trap uintptr, fd int) netip.AddrPort {
 // search for a free port is what costs, and retrying at once would spin.
 func (l *loop) dialFailed(c *conn, idx int32, err error) {
 	p := l.p
-	pt := &p.ports[c.port]
+	pt := c.pt
 	pt.counters.DialErrors.Add(1)
 	class := proxy.ClassifyDial(err)
 	if !p.closing.Load() {

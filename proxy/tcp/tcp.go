@@ -34,7 +34,8 @@
 //
 // One Proxy may serve a range of listening sockets, each relayed to its own
 // backend (NewRange); a mapping then costs its socket and a few hundred
-// bytes, not a goroutine.
+// bytes, not a goroutine. Mappings can be added and removed while the
+// Proxy serves (Add, Remove).
 package tcp
 
 import (
@@ -91,7 +92,7 @@ type Config struct {
 // Mapping is one socket of a range proxy (NewRange) and the backend its
 // connections are relayed to.
 type Mapping struct {
-	File    *os.File // a listening TCP socket; NewRange duplicates it
+	File    *os.File // a listening TCP socket; NewRange and Add duplicate it
 	Backend netip.AddrPort
 }
 

@@ -26,12 +26,21 @@ const maxLoops = 8
 // Proxy is a TCP relay. Create it with New, NewListener or NewRange and run
 // it with Serve.
 type Proxy struct {
-	ports       []port // one, or a range (NewRange)
+	// ports is every mapping, in the order given and added (Add); slots
+	// holds them by the token of their listening socket's epoll events,
+	// nil where one was removed. Both are replaced, never changed in
+	// place, with mu and lnMu held; the loops read them under lnMu's read
+	// lock.
+	ports       []*port
+	slots       []*port
+	addr        net.Addr // of the first mapping New or NewRange was given
 	dialTimeout time.Duration
-	// log has the fields listen and backend when the proxy has one port;
-	// in a range each line about a port gets them from logFor.
-	log    *logging.Logger
-	single bool
+	// log has the fields listen and backend of first when the proxy was
+	// made with one port; each line about another port gets them from
+	// logFor, added to base.
+	log   *logging.Logger
+	base  *logging.Logger
+	first *port
 	// keepCnt is set when the system's default keepalive probe count is not
 	// keepAlive.Count, so that backend sockets need TCP_KEEPCNT too.
 	keepCnt bool
@@ -39,9 +48,9 @@ type Proxy struct {
 	pp proxyproto.Version
 
 	// lnMu orders closing the listening sockets after an accept4 or an
-	// epoll_ctl on them in progress (readers: the loops; writer:
-	// closeListeners), so that no loop uses a descriptor number that was
-	// closed and reused.
+	// epoll_ctl on them in progress (readers: the loops; writers:
+	// closeListeners, Add, Remove), so that no loop uses a descriptor
+	// number that was closed and reused.
 	lnMu     sync.RWMutex
 	lnClosed bool
 
@@ -62,7 +71,9 @@ type Proxy struct {
 
 // port is one listening socket of a Proxy and where its connections go.
 type port struct {
-	fd         int            // non-blocking listening socket, owned by the Proxy
+	fd         int            // non-blocking listening socket, owned by the Proxy; -1 once closed
+	tok        int32          // index in Proxy.slots
+	removed    atomic.Bool    // Remove took it away: its connections are reset
 	listen     netip.AddrPort // fd's address
 	backend    netip.AddrPort // unmapped
 	backendErr error          // non-nil when the backend is unusable
@@ -73,8 +84,8 @@ type port struct {
 	dialLog    *proxy.RateLimited // failed dials toward backend, but for want of a source port
 }
 
-func newPort(fd int, listen, backend netip.AddrPort) port {
-	pt := port{fd: fd, listen: listen, counters: new(proxy.StreamCounters), dialLog: new(proxy.RateLimited)}
+func newPort(fd int, listen, backend netip.AddrPort) *port {
+	pt := &port{fd: fd, listen: listen, counters: new(proxy.StreamCounters), dialLog: new(proxy.RateLimited)}
 	pt.backend = netip.AddrPortFrom(backend.Addr().Unmap(), backend.Port())
 	pt.backendErr = checkBackend(backend)
 	pt.family, pt.salen = putSockaddr(&pt.sa, pt.backend)
@@ -124,7 +135,7 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newProxy([]port{pt}, cfg), nil
+	return newProxy([]*port{pt}, cfg), nil
 }
 
 // NewRange returns one Proxy serving the socket of every mapping, each
@@ -137,19 +148,12 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 	if len(ms) == 0 {
 		return nil, errors.New("tcp proxy: no listening socket")
 	}
-	ports := make([]port, 0, len(ms))
+	ports := make([]*port, 0, len(ms))
 	for _, m := range ms {
-		err := checkBackend(m.Backend)
-		if m.File == nil {
-			err = errors.New("tcp proxy: nil listening socket")
-		}
-		var pt port
-		if err == nil {
-			pt, err = openPort(m)
-		}
+		pt, err := openMapping(m)
 		if err != nil {
-			for i := range ports {
-				unix.Close(ports[i].fd)
+			for _, pt := range ports {
+				unix.Close(pt.fd)
 			}
 			return nil, err
 		}
@@ -171,19 +175,30 @@ func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	ln.Close()
 	// Without a descriptor (EMFILE for the duplicate), Serve fails at its
 	// first accept with EBADF and says so.
-	return newProxy([]port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg)
+	return newProxy([]*port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg)
+}
+
+// openMapping checks m and returns its port, as NewRange and Add take it.
+func openMapping(m Mapping) (*port, error) {
+	if m.File == nil {
+		return nil, errors.New("tcp proxy: nil listening socket")
+	}
+	if err := checkBackend(m.Backend); err != nil {
+		return nil, err
+	}
+	return openPort(m)
 }
 
 // openPort returns the port of m with a non-blocking duplicate of its
 // socket.
-func openPort(m Mapping) (port, error) {
+func openPort(m Mapping) (*port, error) {
 	info, err := inspectListener(m.File)
 	if err != nil {
-		return port{}, err
+		return nil, err
 	}
 	rc, err := m.File.SyscallConn()
 	if err != nil {
-		return port{}, fmt.Errorf("tcp proxy on %s: %w", m.File.Name(), err)
+		return nil, fmt.Errorf("tcp proxy on %s: %w", m.File.Name(), err)
 	}
 	fd := -1
 	var opErr error
@@ -191,7 +206,7 @@ func openPort(m Mapping) (port, error) {
 		opErr = err
 	}
 	if opErr != nil {
-		return port{}, fmt.Errorf("tcp proxy on %s: %w", m.File.Name(), opErr)
+		return nil, fmt.Errorf("tcp proxy on %s: %w", m.File.Name(), opErr)
 	}
 	return newPort(fd, info.Local, m.Backend), nil
 }
@@ -211,12 +226,14 @@ func dupNonblock(s int) (int, error) {
 	return fd, nil
 }
 
-func newProxy(ports []port, cfg Config) *Proxy {
+func newProxy(ports []*port, cfg Config) *Proxy {
 	p := &Proxy{
 		ports:       ports,
+		slots:       ports,
+		addr:        ports[0].addr(),
 		dialTimeout: cfg.DialTimeout,
 		log:         cfg.Logger,
-		single:      len(ports) == 1,
+		base:        cfg.Logger,
 		keepCnt:     systemKeepCnt() != keepAlive.Count,
 		pp:          cfg.ProxyProtocol,
 	}
@@ -224,12 +241,14 @@ func newProxy(ports []port, cfg Config) *Proxy {
 	if p.dialTimeout <= 0 {
 		p.dialTimeout = DefaultDialTimeout
 	}
-	if p.single {
-		p.log = portLogger(cfg.Logger, &ports[0])
+	if len(ports) == 1 {
+		p.first = ports[0]
+		p.log = portLogger(cfg.Logger, ports[0])
 	}
-	for i := range ports {
-		if ports[i].fd >= 0 {
-			setListenerOptions(ports[i].fd)
+	for i, pt := range ports {
+		pt.tok = int32(i)
+		if pt.fd >= 0 {
+			setListenerOptions(pt.fd)
 		}
 	}
 	return p
@@ -265,10 +284,10 @@ func systemKeepCnt() int {
 
 // logFor returns the logger for a line about pt.
 func (p *Proxy) logFor(pt *port) *logging.Logger {
-	if p.single {
+	if pt == p.first {
 		return p.log // it has listen and backend already
 	}
-	return portLogger(p.log, pt)
+	return portLogger(p.base, pt)
 }
 
 // portLogger returns log with pt's fields listen and backend.
@@ -276,16 +295,134 @@ func portLogger(log *logging.Logger, pt *port) *logging.Logger {
 	return log.With(logging.AddrPort("listen", pt.listen), logging.AddrPort("backend", pt.backend))
 }
 
-// Addr returns the address the proxy listens on (in a range, the first).
-func (p *Proxy) Addr() net.Addr { return p.ports[0].addr() }
+// Addr returns the address the proxy listens on: in a range, the first
+// mapping's given to NewRange, also once Remove took it away.
+func (p *Proxy) Addr() net.Addr { return p.addr }
 
 // EachMapping calls fn with each listening socket's address, its backend
-// and its counters, in the order the sockets were given (proxy.StreamStats).
+// and its counters, in the order the sockets were given and added
+// (proxy.StreamStats); a mapping Remove took away is no longer reported. It
+// is safe to call at any time.
 func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.StreamCounters)) {
-	for i := range p.ports {
-		pt := &p.ports[i]
+	p.lnMu.RLock()
+	ports := p.ports
+	p.lnMu.RUnlock()
+	for _, pt := range ports {
 		fn(pt.listen, pt.backend, pt.counters)
 	}
+}
+
+// Add starts serving m's socket, also while the proxy serves: every event
+// loop accepts on it from its next round. Like NewRange it duplicates
+// m.File, which the caller closes afterwards. It fails when the socket is
+// not a listening TCP socket, the backend is not usable, a socket of the
+// proxy already has the same address, or the proxy is closed or shutting
+// down (proxy.ErrClosed).
+func (p *Proxy) Add(m Mapping) error {
+	pt, err := openMapping(m)
+	if err != nil {
+		return err
+	}
+	setListenerOptions(pt.fd)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fail := func(err error) error {
+		unix.Close(pt.fd)
+		return err
+	}
+	if p.closed || p.stopping.Load() {
+		return fail(fmt.Errorf("tcp proxy: add %s: %w", pt.listen, proxy.ErrClosed))
+	}
+	p.lnMu.Lock()
+	defer p.lnMu.Unlock()
+	for _, o := range p.ports {
+		if o.listen == pt.listen {
+			return fail(fmt.Errorf("tcp proxy: add %s: already served", pt.listen))
+		}
+	}
+	pt.tok = int32(len(p.slots))
+	for i, o := range p.slots {
+		if o == nil {
+			pt.tok = int32(i)
+			break
+		}
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: pt.tok, Pad: evListener}
+	for i, l := range p.loops {
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, pt.fd, &ev); err != nil {
+			for _, l := range p.loops[:i] {
+				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, pt.fd, nil)
+			}
+			return fail(fmt.Errorf("tcp proxy: add %s: epoll_ctl: %w", pt.listen, err))
+		}
+	}
+	slots := append([]*port(nil), p.slots...)
+	if int(pt.tok) == len(slots) {
+		slots = append(slots, pt)
+	} else {
+		slots[pt.tok] = pt
+	}
+	p.slots = slots
+	p.ports = append(p.ports[:len(p.ports):len(p.ports)], pt) // a new array: EachMapping may hold the old
+	return nil
+}
+
+// Remove stops serving the mapping listening on listen, also while the
+// proxy serves: its socket leaves the event loops and this proxy's
+// descriptor of it is closed (the caller's file is its own, and keeps the
+// socket listening while it is open), and its open connections are reset
+// on both sides, as Close resets them. Remove returns once they are. The
+// mapping's counters are no longer reported; the other mappings and their
+// connections are not disturbed. It fails when no mapping listens on listen
+// or the proxy is closed or shutting down (proxy.ErrClosed).
+func (p *Proxy) Remove(listen netip.AddrPort) error {
+	p.mu.Lock()
+	if p.closed || p.stopping.Load() {
+		p.mu.Unlock()
+		return fmt.Errorf("tcp proxy: remove %s: %w", listen, proxy.ErrClosed)
+	}
+	p.lnMu.Lock()
+	i := -1
+	for j, pt := range p.ports {
+		if pt.listen == listen {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		p.lnMu.Unlock()
+		p.mu.Unlock()
+		return fmt.Errorf("tcp proxy: remove %s: no such mapping", listen)
+	}
+	pt := p.ports[i]
+	if pt.fd >= 0 {
+		for _, l := range p.loops {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, pt.fd, nil)
+		}
+		unix.Close(pt.fd)
+		pt.fd = -1
+	}
+	slots := append([]*port(nil), p.slots...)
+	slots[pt.tok] = nil
+	p.slots = slots
+	ports := make([]*port, 0, len(p.ports)-1)
+	p.ports = append(append(ports, p.ports[:i]...), p.ports[i+1:]...)
+	pt.removed.Store(true)
+	p.lnMu.Unlock()
+	// Each loop resets the connections it relays for pt (sweep).
+	var swept sync.WaitGroup
+	for _, l := range p.loops {
+		if l.ended {
+			continue
+		}
+		swept.Add(1)
+		l.sweeps = append(l.sweeps, &swept)
+		l.sweep.Store(true)
+		l.wake()
+	}
+	p.mu.Unlock()
+	swept.Wait()
+	return nil
 }
 
 // Serve accepts connections and relays each to its backend until ctx is
@@ -415,8 +552,7 @@ func (p *Proxy) closeListeners() error {
 	}
 	p.lnClosed = true
 	var errs []error
-	for i := range p.ports {
-		pt := &p.ports[i]
+	for _, pt := range p.ports {
 		if pt.fd < 0 {
 			continue
 		}

@@ -23,14 +23,18 @@ import (
 // Proxy is a TCP relay. Create it with New, NewListener or NewRange and run
 // it with Serve.
 type Proxy struct {
-	ports       []port // one, or a range (NewRange)
+	// ports is every mapping, in the order given and added (Add); it is
+	// replaced, never changed in place, under mu. Each has a goroutine
+	// accepting on it while the proxy serves.
+	ports       []*port
+	addr        net.Addr // of the first mapping New or NewRange was given
 	dialTimeout time.Duration
-	// log has the fields listen and backend when the proxy has one port;
-	// in a range each line about a port gets them from logFor.
-	log *logging.Logger
-	// poll tells a range's accept loop which sockets have connections
-	// waiting; nil with one port.
-	poll *poller
+	// log has the fields listen and backend of first when the proxy was
+	// made with one port; each line about another port gets them from
+	// logFor, added to base.
+	log   *logging.Logger
+	base  *logging.Logger
+	first *port
 	// pp is the PROXY protocol header sent to each backend (None: none).
 	pp proxyproto.Version
 
@@ -41,7 +45,8 @@ type Proxy struct {
 	stopOnce sync.Once
 	stopping chan struct{} // closed once the listener is being closed
 
-	handlers sync.WaitGroup // one per accepted connection
+	handlers  sync.WaitGroup // one per accepted connection
+	acceptors sync.WaitGroup // one per accept loop
 
 	acceptLog proxy.RateLimited // accept errors of class Retry
 	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
@@ -54,10 +59,11 @@ type Proxy struct {
 
 	mu        sync.Mutex
 	serving   bool                // Serve was called
-	accepting bool                // the accept loop is running
+	accepting bool                // the accept loops are running
 	closed    bool                // Close ran, or Shutdown finished
 	relays    map[*relay]struct{} // open connections
 	idle      chan struct{}       // closed when stopping and nothing is left
+	fatal     error               // why an accept loop ended serving
 }
 
 // port is one listening socket of a Proxy and where its connections go.
@@ -65,6 +71,7 @@ type port struct {
 	// ln is the listening socket, accepted on by a goroutine of its own.
 	ln          *net.TCPListener
 	fd          int            // always -1 on this platform (no poller owns a socket)
+	removed     atomic.Bool    // Remove took it away; set under Proxy.mu
 	listen      netip.AddrPort // unset on this platform: addr asks ln
 	backend     netip.AddrPort // unmapped
 	backendAddr string         // backend.String(), formatted once
@@ -73,8 +80,8 @@ type port struct {
 	dialLog     *proxy.RateLimited // failed dials toward backend, but for want of a source port
 }
 
-func newPort(ln *net.TCPListener, backend netip.AddrPort) port {
-	pt := port{ln: ln, fd: -1, counters: new(proxy.StreamCounters), dialLog: new(proxy.RateLimited)}
+func newPort(ln *net.TCPListener, backend netip.AddrPort) *port {
+	pt := &port{ln: ln, fd: -1, counters: new(proxy.StreamCounters), dialLog: new(proxy.RateLimited)}
 	pt.setBackend(backend)
 	return pt
 }
@@ -141,53 +148,34 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 	if len(ms) == 0 {
 		return nil, errors.New("tcp proxy: no listening socket")
 	}
-	ports := make([]port, 0, len(ms))
-	fail := func(err error) (*Proxy, error) {
-		for i := range ports {
-			ports[i].close()
-		}
-		return nil, err
-	}
+	ports := make([]*port, 0, len(ms))
 	for _, m := range ms {
-		if m.File == nil {
-			return fail(errors.New("tcp proxy: nil listening socket"))
-		}
-		if err := checkBackend(m.Backend); err != nil {
-			return fail(err)
-		}
-		pt, err := openPort(m, len(ms) > 1)
+		pt, err := openMapping(m)
 		if err != nil {
-			return fail(err)
+			for _, pt := range ports {
+				pt.close()
+			}
+			return nil, err
 		}
 		ports = append(ports, pt)
 	}
-	p := newProxy(ports, cfg)
-	if len(ports) == 1 {
-		p.log = portLogger(cfg.Logger, &ports[0])
-		return p, nil
-	}
-	pl, err := newPoller(ports)
-	if err != nil {
-		p.cancel()
-		return fail(fmt.Errorf("tcp proxy on %s and %d more: %w", p.Addr(), len(ports)-1, err))
-	}
-	p.poll, p.log = pl, cfg.Logger
-	return p, nil
+	return newProxy(ports, cfg), nil
 }
 
 // NewListener returns a Proxy serving ln and takes ownership of it. An
 // unusable cfg.Backend is not reported here: every connection is then reset
 // and the reason logged (use New, or check the address first, to fail early).
 func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
-	p := newProxy([]port{newPort(ln, cfg.Backend)}, cfg)
-	p.log = portLogger(cfg.Logger, &p.ports[0])
-	return p
+	return newProxy([]*port{newPort(ln, cfg.Backend)}, cfg)
 }
 
-func newProxy(ports []port, cfg Config) *Proxy {
+func newProxy(ports []*port, cfg Config) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
 		ports:       ports,
+		addr:        ports[0].addr(),
+		log:         cfg.Logger,
+		base:        cfg.Logger,
 		dialTimeout: cfg.DialTimeout,
 		pp:          cfg.ProxyProtocol,
 		ctx:         ctx,
@@ -199,15 +187,19 @@ func newProxy(ports []port, cfg Config) *Proxy {
 	if p.dialTimeout <= 0 {
 		p.dialTimeout = DefaultDialTimeout
 	}
+	if len(ports) == 1 {
+		p.first = ports[0]
+		p.log = portLogger(cfg.Logger, ports[0])
+	}
 	return p
 }
 
 // logFor returns the logger for a line about pt.
 func (p *Proxy) logFor(pt *port) *logging.Logger {
-	if p.poll == nil {
+	if pt == p.first {
 		return p.log // it has listen and backend already
 	}
-	return portLogger(p.log, pt)
+	return portLogger(p.base, pt)
 }
 
 // portLogger returns log with pt's fields listen and backend.
@@ -215,8 +207,9 @@ func portLogger(log *logging.Logger, pt *port) *logging.Logger {
 	return log.With(logging.Addr("listen", pt.addr()), logging.AddrPort("backend", pt.backend))
 }
 
-// Addr returns the address the proxy listens on (in a range, the first).
-func (p *Proxy) Addr() net.Addr { return p.ports[0].addr() }
+// Addr returns the address the proxy listens on: in a range, the first
+// mapping's given to NewRange, also once Remove took it away.
+func (p *Proxy) Addr() net.Addr { return p.addr }
 
 // Serve accepts connections and relays each to the backend until ctx is done,
 // Close is called or Shutdown completes; then it returns nil. When ctx is done
@@ -236,17 +229,17 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		return err
 	}
 	w := p.closeWhenDone(ctx)
-	var err error
-	if p.poll == nil {
-		err = p.acceptLoop(&p.ports[0])
-	} else {
-		err = p.acceptRange()
-	}
+	<-p.stopping
+	p.acceptors.Wait()
+	p.mu.Lock()
+	err := p.fatal
+	p.mu.Unlock()
 	p.endServe(err, w)
 	return err
 }
 
-// beginServe marks the proxy serving, or says why it cannot be.
+// beginServe marks the proxy serving and starts an accept loop per socket,
+// or says why it cannot serve.
 //
 //go:noinline
 func (p *Proxy) beginServe() error {
@@ -259,6 +252,9 @@ func (p *Proxy) beginServe() error {
 		return fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
 	}
 	p.serving, p.accepting = true, true
+	for _, pt := range p.ports {
+		p.startAccepting(pt)
+	}
 	return nil
 }
 
@@ -341,7 +337,7 @@ type acceptFailures struct {
 //
 //go:noinline
 func (p *Proxy) acceptFailed(pt *port, st *acceptFailures, err error) (bool, error) {
-	if p.isStopping() {
+	if p.isStopping() || pt.removed.Load() {
 		return true, nil
 	}
 	pt.counters.AcceptErrors.Add(1)
@@ -400,7 +396,7 @@ func (p *Proxy) waitHold() bool {
 func (p *Proxy) start(pt *port, c *net.TCPConn) {
 	r := &relay{p: p, port: pt, client: c}
 	p.mu.Lock()
-	if p.closed {
+	if p.closed || pt.removed.Load() {
 		p.mu.Unlock()
 		reset(c)
 		return
@@ -414,11 +410,12 @@ func (p *Proxy) start(pt *port, c *net.TCPConn) {
 }
 
 // attach records the dialed backend connection of r. It reports false when
-// the proxy was closed during the dial; the caller then resets both.
+// the proxy was closed, or r's mapping removed, during the dial; the caller
+// then resets both.
 func (p *Proxy) attach(r *relay, backend *net.TCPConn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed || r.port.removed.Load() {
 		return false
 	}
 	r.backend = backend
@@ -460,22 +457,16 @@ func (p *Proxy) isStopping() bool {
 func (p *Proxy) stopAccepting() error {
 	var errs []error
 	p.stopOnce.Do(func() {
-		close(p.stopping) // first, so that the accept loop reads the wake-up as a stop
-		for i := range p.ports {
-			ln := p.ports[i].ln
-			if ln == nil {
-				continue // the poller's
-			}
-			stopListening(ln) // the socket itself, even if f is still open elsewhere
-			if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-				errs = append(errs, fmt.Errorf("close tcp listener %s: %w", ln.Addr(), err))
-			}
-		}
-		if p.poll != nil {
-			// Stops and closes the sockets it owns and wakes the range's
-			// accept loop.
-			if err := p.poll.close(p.ports); err != nil {
-				errs = append(errs, err)
+		// Under mu, so that Add either starts no accept loop or its
+		// socket is among these.
+		p.mu.Lock()
+		close(p.stopping) // first, so that the accept loops read the wake-up as a stop
+		ports := p.ports
+		p.mu.Unlock()
+		for _, pt := range ports {
+			stopListening(pt.ln) // the socket itself, even if f is still open elsewhere
+			if err := pt.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, fmt.Errorf("close tcp listener %s: %w", pt.ln.Addr(), err))
 			}
 		}
 	})
@@ -535,10 +526,13 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 }
 
 // EachMapping calls fn with each listening socket's address, its backend
-// and its counters (proxy.StreamStats).
+// and its counters, in the order the sockets were given and added
+// (proxy.StreamStats); a mapping Remove took away is no longer reported.
 func (p *Proxy) EachMapping(fn func(listen, backend netip.AddrPort, c *proxy.StreamCounters)) {
-	for i := range p.ports {
-		pt := &p.ports[i]
+	p.mu.Lock()
+	ports := p.ports
+	p.mu.Unlock()
+	for _, pt := range ports {
 		fn(addrPortOf(pt.addr()), pt.backend, pt.counters)
 	}
 }

@@ -2,10 +2,13 @@ package udp
 
 import (
 	"context"
+	"net/netip"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/hostproxy/hostproxy/internal/proxytest"
+	"github.com/hostproxy/hostproxy/sockopt"
 )
 
 // contractIdle is the flows' idle timeout in the contract tests: how long a
@@ -49,6 +52,41 @@ func TestRangeContract(t *testing.T) {
 				n++ // alternate between the range's sockets
 				return proxytest.DialConn(ctx, "udp", addrs[n%2])
 			}}
+		},
+	})
+}
+
+// TestMappings runs the contract of Add and Remove (proxytest.Mappings) on
+// a Range.
+func TestMappings(t *testing.T) {
+	socket := func(t *testing.T) (*os.File, netip.AddrPort) {
+		f := hostSocket(t, "127.0.0.1:0")
+		info, err := sockopt.Inspect(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f, info.Local
+	}
+	proxytest.Mappings(t, proxytest.MappingsHarness{
+		New: func(t *testing.T) (proxytest.Mapper, netip.AddrPort) {
+			f, addr := socket(t)
+			r, err := NewRange([]Mapping{{File: f, Backend: echoBackend(t, "127.0.0.1:0")}}, Config{})
+			if err != nil {
+				t.Fatalf("NewRange: %v", err)
+			}
+			return r, addr
+		},
+		Socket: socket,
+		Add: func(t *testing.T, p proxytest.Mapper, f *os.File) error {
+			return p.(*Range).Add(Mapping{File: f, Backend: echoBackend(t, "127.0.0.1:0")})
+		},
+		Dial: func(ctx context.Context, addr netip.AddrPort) (proxytest.Client, error) {
+			return proxytest.DialConn(ctx, "udp", addr.String())
+		},
+		Listed: func(p proxytest.Mapper) []netip.AddrPort {
+			var l []netip.AddrPort
+			p.(*Range).EachMapping(func(listen, _ netip.AddrPort, _ Stats) { l = append(l, listen) })
+			return l
 		},
 	})
 }

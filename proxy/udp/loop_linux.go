@@ -448,8 +448,10 @@ func (r *Range) Add(m Mapping) error {
 
 // Remove stops relaying the socket whose address is listen, also while the
 // Range serves: its flows and this Range's descriptor of the socket are
-// closed (the caller's file is its own), and its counters leave Stats. The
-// other sockets and their flows are not disturbed.
+// closed (the caller's file is its own) before Remove returns, and its
+// counters leave Stats. The other sockets and their flows are not
+// disturbed. It fails when no socket of the Range has that address, or the
+// Range is closed or shutting down (proxy.ErrClosed).
 func (r *Range) Remove(listen netip.AddrPort) error {
 	return r.l.submit(memberOp{remove: listen})
 }

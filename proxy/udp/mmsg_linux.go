@@ -139,8 +139,7 @@ func (p *Proxy) route(n int, now int64) {
 				continue
 			}
 			if f = p.newFlow(key, pi, now); f == nil {
-				p.st.dropped.Add(1)
-				continue
+				continue // counted in FlowsFailed
 			}
 		}
 		p.touch(f, now)

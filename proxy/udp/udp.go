@@ -127,19 +127,26 @@ func (c Config) maxFlows() int {
 
 // Stats are the relay's counters since New. Datagram counts are of payloads
 // handed to the kernel, in each direction.
+//
+// A datagram received and not sent on is counted once, in exactly one of
+// Truncated, Dropped, Rejected and FlowsFailed. A new client's datagram
+// whose flow could not be opened counts in FlowsFailed only: each failed
+// open is asked for by one received datagram (a run coalesced by UDP GRO
+// counts as one), which is dropped. Refused counts datagrams that were sent
+// (they are in ToBackend) and bounced.
 type Stats struct {
 	Flows          int    // open now
 	FlowsCreated   uint64 // opened since New
 	FlowsExpired   uint64 // closed after IdleTimeout
 	FlowsEvicted   uint64 // closed to make room for a new client (MaxFlows)
-	FlowsFailed    uint64 // could not be opened (socket or connect failed)
+	FlowsFailed    uint64 // could not be opened (socket or connect failed); the datagram that asked is dropped
 	ToBackend      uint64 // datagrams sent to the backend
 	ToClient       uint64 // datagrams sent back to clients
 	BytesToBackend uint64
 	BytesToClient  uint64
 	Truncated      uint64 // datagrams dropped because the kernel cut them (MSG_TRUNC)
 	Refused        uint64 // ICMP errors (ECONNREFUSED) reported by backend sockets
-	Dropped        uint64 // datagrams dropped for another reason (send error, closed flow)
+	Dropped        uint64 // datagrams dropped for another reason (bad source address, send error, closed flow)
 	Rejected       uint64 // datagrams from new clients dropped during Shutdown
 }
 

@@ -442,6 +442,24 @@ func TestSendRetriedAfterConnRefused(t *testing.T) {
 	waitFor(t, 5*time.Second, "the retried datagram at the backend", func() bool { return len(sink.sources()) == 1 })
 }
 
+// A datagram whose flow cannot be opened counts once, in FlowsFailed, and
+// not again in Dropped. connect(2) to the broadcast address fails (EACCES)
+// on a socket without SO_BROADCAST, so every flow fails.
+func TestFlowFailedCountedOnce(t *testing.T) {
+	p := start(t, hostSocket(t, "127.0.0.1:0"), Config{Backend: netip.MustParseAddrPort("255.255.255.255:9")})
+	c := dial(t, hostPort(p))
+	const n = 3
+	for i := range n {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "three failed flows", func() bool { return p.Stats().FlowsFailed >= n })
+	if s := p.Stats(); s.FlowsFailed != n || s.Dropped != 0 || s.Flows != 0 || s.FlowsCreated != 0 {
+		t.Errorf("after %d datagrams whose flow failed: %+v; want FlowsFailed %d and nothing else", n, s, n)
+	}
+}
+
 func TestConcurrentClients(t *testing.T) {
 	const clients, each = 16, 50
 	p := start(t, hostSocket(t, "127.0.0.1:0"), Config{Backend: echoBackend(t, "127.0.0.1:0")})
