@@ -324,7 +324,8 @@ func skipName(msg []byte, off int) (int, bool) {
 }
 
 // exchange sends q to srv and returns its answer, over UDP (or TCP), within
-// timeout and ctx's deadline.
+// timeout and ctx's deadline. Its errors are the system calls' own; query
+// names the server.
 func exchange(ctx context.Context, srv netip.AddrPort, q []byte, timeout time.Duration, stream bool) ([]byte, error) {
 	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -337,64 +338,62 @@ func exchange(ctx context.Context, srv netip.AddrPort, q []byte, timeout time.Du
 	}
 	if stream {
 		typ = unix.SOCK_STREAM
+		q = append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)
 	}
 	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return nil, err
 	}
 	defer unix.Close(fd)
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		return nil, os.NewSyscallError("connect", err)
-	}
-	if stream {
-		if err := await(fd, unix.POLLOUT, deadline); err != nil {
-			return nil, err
+	if err = unix.Connect(fd, sa); err == unix.EINPROGRESS {
+		// A TCP connect completes, or fails (SO_ERROR), once writable.
+		if err = await(fd, unix.POLLOUT, deadline); err == nil {
+			var e int
+			if e, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+				err = unix.Errno(e)
+			}
 		}
-		if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || e != 0 {
-			return nil, os.NewSyscallError("connect", errors.Join(err, unix.Errno(e)))
-		}
-		q = append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)
 	}
-	if _, err := unix.Write(fd, q); err != nil {
-		return nil, os.NewSyscallError("send", err)
+	if err == nil {
+		_, err = unix.Write(fd, q)
 	}
 	buf := make([]byte, 2+65535)
-	n := 0
-	for {
-		if err := await(fd, unix.POLLIN, deadline); err != nil {
-			return nil, err
+	for n := 0; err == nil; {
+		if err = await(fd, unix.POLLIN, deadline); err != nil {
+			break
 		}
-		k, err := unix.Read(fd, buf[n:])
+		k, rerr := unix.Read(fd, buf[n:])
 		switch {
-		case err == unix.EAGAIN || err == unix.EINTR:
-			continue
-		case err != nil:
-			return nil, os.NewSyscallError("receive", err)
+		case rerr == unix.EAGAIN || rerr == unix.EINTR:
+		case rerr != nil:
+			err = rerr
 		case !stream:
 			return buf[:k], nil
 		case k == 0:
-			return nil, errors.New("connection closed before the whole answer")
-		}
-		if n += k; n >= 2 && n >= 2+int(binary.BigEndian.Uint16(buf)) {
-			return buf[2 : 2+int(binary.BigEndian.Uint16(buf))], nil
+			err = errors.New("connection closed before the whole answer")
+		default:
+			if n += k; n >= 2 && n >= 2+int(binary.BigEndian.Uint16(buf)) {
+				return buf[2 : 2+int(binary.BigEndian.Uint16(buf))], nil
+			}
 		}
 	}
+	return nil, err
 }
+
+// errTimeout is a name server that did not answer in time.
+var errTimeout = errors.New("timed out")
 
 // await waits until fd has events or the deadline passes.
 func await(fd int, events int16, deadline time.Time) error {
 	for {
 		wait := time.Until(deadline)
 		if wait <= 0 {
-			return errors.New("timed out")
+			return errTimeout
 		}
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: events}}
-		n, err := unix.Poll(pfd, int(min(wait.Milliseconds()+1, 1<<30)))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return os.NewSyscallError("poll", err)
+		pfd := [1]unix.PollFd{{Fd: int32(fd), Events: events}}
+		n, err := unix.Poll(pfd[:], int(min(wait.Milliseconds()+1, 1<<30)))
+		if err != nil && err != unix.EINTR {
+			return err
 		}
 		if n > 0 {
 			return nil
