@@ -56,7 +56,7 @@ func child(mode string) int {
 		for line := range strings.Lines(string(b)) {
 			k, v, _ := strings.Cut(line, ":")
 			switch k {
-			case "Uid", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp":
+			case "Uid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp":
 				fmt.Printf("%s %s\n", k, strings.Join(strings.Fields(v), " "))
 			}
 		}
@@ -79,9 +79,13 @@ func staticTest(t *testing.T) string {
 }
 
 // runChild runs bin as a child dropping in mode and returns its output.
-func runChild(t *testing.T, bin, mode string) string {
+// With a wrapper (setpriv and its options), the wrapper starts bin.
+func runChild(t *testing.T, bin, mode string, wrapper ...string) string {
 	t.Helper()
 	cmd := exec.Command(bin)
+	if len(wrapper) > 0 {
+		cmd = exec.Command(wrapper[0], append(append(wrapper[1:], "--"), bin)...)
+	}
 	cmd.Env = append(os.Environ(), childEnv+"="+mode)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -129,8 +133,27 @@ func TestDropEveryThread(t *testing.T) {
 	} {
 		t.Run(tt.mode, func(t *testing.T) {
 			checkChild(t, runChild(t, bin, tt.mode), map[string]string{
-				"Uid": "65534 65534 65534 65534", "CapPrm": tt.eff, "CapEff": tt.eff,
+				"Uid": "65534 65534 65534 65534", "CapInh": "0000000000000000", "CapPrm": tt.eff, "CapEff": tt.eff,
 				"CapBnd": "0000000000000000", "CapAmb": "0000000000000000", "NoNewPrivs": "1", "Seccomp": tt.seccomp,
+			})
+		})
+	}
+}
+
+// TestDropInherited: started with capabilities in the inheritable and
+// ambient sets, which leaving uid 0 does not empty (the inheritable one),
+// and with supplementary groups, Drop still ends with every set empty on
+// every thread and no group.
+func TestDropInherited(t *testing.T) {
+	testenv.RequireRoot(t)
+	setpriv := testenv.RequireCommand(t, "setpriv")
+	bin := staticTest(t)
+	for _, mode := range []string{"drop", "nofilter"} {
+		t.Run(mode, func(t *testing.T) {
+			out := runChild(t, bin, mode, setpriv, "--groups=1,2", "--inh-caps=+net_admin,+net_raw", "--ambient-caps=+net_admin")
+			checkChild(t, out, map[string]string{
+				"Uid": "65534 65534 65534 65534", "Groups": "", "CapInh": "0000000000000000", "CapPrm": "0000000000000000",
+				"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "CapAmb": "0000000000000000", "NoNewPrivs": "1",
 			})
 		})
 	}

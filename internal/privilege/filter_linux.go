@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -189,8 +190,22 @@ func installFilter() (int, error) {
 		return 0, err
 	}
 	prog := unix.SockFprog{Len: uint16(len(raw)), Filter: &raw[0]}
-	r, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC,
-		uintptr(unsafe.Pointer(&prog)))
+	// The filter needs no_new_privs on the calling thread; TSYNC then sets
+	// it on every thread along with the filter. The goroutine may move to
+	// another thread between the two calls (EACCES, that thread has no
+	// no_new_privs yet): then both are made again there.
+	var r uintptr
+	var e syscall.Errno
+	for range 8 {
+		if _, _, e = unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
+			return 0, fmt.Errorf("drop privileges: set no_new_privs: %w", e)
+		}
+		r, _, e = unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC,
+			uintptr(unsafe.Pointer(&prog)))
+		if e != unix.EACCES {
+			break
+		}
+	}
 	runtime.KeepAlive(raw)
 	switch {
 	case e != 0:

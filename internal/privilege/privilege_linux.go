@@ -3,7 +3,6 @@ package privilege
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -26,8 +25,19 @@ const capSetPCAP = 8
 //
 // Capabilities, the bounding set, keep-caps and no_new_privs are per-thread
 // in the kernel; Drop changes them on every thread of the Go runtime with
-// syscall.AllThreadsSyscall. That is refused in a binary that links cgo;
-// there Drop relies on what is process-wide anyway: glibc applies setgroups,
+// syscall.AllThreadsSyscall, which stops the world and signals every other
+// thread, once per call. Drop makes only the calls that change something:
+// it drops from the bounding set only the capabilities in it, clears the
+// groups only when there are some, and leaves the capability sets alone
+// when leaving uid 0 has emptied them already (the kernel also empties the
+// ambient set of a thread whose inheritable or permitted set is empty).
+// With the filter, no_new_privs is set on the calling thread and the
+// filter's TSYNC sets it on every other. Drop locks no thread: every thread
+// holds the same credentials throughout, so reading them on whichever
+// thread runs the goroutine reads them all.
+//
+// AllThreadsSyscall is refused in a binary that links cgo; there Drop
+// relies on what is process-wide anyway: glibc applies setgroups,
 // setresgid and setresuid to every thread, and the kernel clears the
 // permitted, effective and ambient sets of each thread as its uid leaves 0;
 // the filter's TSYNC gives every thread no_new_privs and the filter. The
@@ -36,9 +46,12 @@ const capSetPCAP = 8
 // capability on some thread (KeepNetAdmin, or root keeping uid 0), Drop
 // fails in a cgo binary rather than pretend.
 func Drop(opts Options) (Result, error) {
-	// Every per-thread step of the fallback runs on this one thread.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	cgo := !allThreadsWorks()
+	if cgo {
+		// Every per-thread step of the fallback runs on this one thread.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 
 	res := Result{UID: os.Geteuid(), GID: os.Getegid()}
 	caps, err := capGet()
@@ -47,7 +60,6 @@ func Drop(opts Options) (Result, error) {
 	}
 	held := caps[0].Effective|caps[0].Permitted|caps[1].Effective|caps[1].Permitted != 0
 	root := os.Geteuid() == 0
-	cgo := !allThreadsWorks()
 
 	var target *account
 	if root && opts.User != "" {
@@ -75,14 +87,8 @@ func Drop(opts Options) (Result, error) {
 	}
 	// The bounding set first, while CAP_SETPCAP is still effective.
 	if capHas(caps, capSetPCAP, true) {
-		last, err := capLastCap()
-		if err != nil {
+		if err := clearBoundingSet(cgo); err != nil {
 			return res, err
-		}
-		for c := 0; c <= last; c++ {
-			if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); err != nil {
-				return res, fmt.Errorf("drop privileges: drop capability %d from the bounding set: %w", c, err)
-			}
 		}
 	}
 	if root {
@@ -100,42 +106,46 @@ func Drop(opts Options) (Result, error) {
 	if opts.KeepNetAdmin && held && capHas(caps, capNetAdmin, false) {
 		keep = 1 << capNetAdmin
 	}
-	// A process that holds no capability at all (a systemd unit's
-	// DynamicUser, say) skips capset, which a unit's SystemCallFilter
-	// may forbid.
-	none := caps[0].Inheritable|caps[1].Inheritable == 0 && !held
-	if !none {
+	// Leaving uid 0 without keep-caps has emptied the permitted and
+	// effective sets; a process that holds no capability at all (a systemd
+	// unit's DynamicUser, say) has nothing to clear either, and skips
+	// capset, which a unit's SystemCallFilter may forbid.
+	now, err := capGet()
+	if err != nil {
+		return res, err
+	}
+	if now[0].Effective != keep || now[0].Permitted != keep || now[0].Inheritable != 0 ||
+		now[1].Effective|now[1].Permitted|now[1].Inheritable != 0 {
 		if err := capSetAll(cgo, keep); err != nil {
 			return res, err
 		}
 	}
-	if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); err != nil &&
-		!errors.Is(err, unix.EINVAL) { // EINVAL: a kernel before ambient capabilities
-		return res, fmt.Errorf("drop privileges: clear the ambient set: %w", err)
-	}
+	// Every thread's inheritable set is empty now, and the kernel keeps
+	// the ambient set within it: there is no ambient capability left.
 	if opts.KeepNetAdmin && leavesRoot {
 		if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 0, 0); err != nil {
 			return res, fmt.Errorf("drop privileges: clear keep-caps: %w", err)
 		}
 	}
-	if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); err != nil {
-		return res, fmt.Errorf("drop privileges: set no_new_privs: %w", err)
-	}
-	if opts.Seccomp {
-		n, err := installFilter()
-		if err != nil {
-			return res, err
+	if !opts.Seccomp {
+		if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); err != nil {
+			return res, fmt.Errorf("drop privileges: set no_new_privs: %w", err)
 		}
-		res.Filter = n
+		return res, nil
 	}
+	n, err := installFilter()
+	if err != nil {
+		return res, err
+	}
+	res.Filter = n
 	return res, nil
 }
 
 // allThreadsWorks reports whether syscall.AllThreadsSyscall is available
-// (it is not in a binary that links cgo). getpid is harmless on every
-// thread.
+// (it is not in a binary that links cgo). The probe, fcntl on descriptor
+// -1, fails on the calling thread, so no other thread is signalled.
 func allThreadsWorks() bool {
-	_, _, e := syscall.AllThreadsSyscall(unix.SYS_GETPID, 0, 0, 0)
+	_, _, e := syscall.AllThreadsSyscall(unix.SYS_FCNTL, ^uintptr(0), unix.F_GETFD, 0)
 	return e != syscall.ENOTSUP
 }
 
@@ -154,9 +164,30 @@ func eachThread(cgo bool, trap, a1, a2, a3 uintptr) error {
 	return nil
 }
 
+// clearBoundingSet drops every capability of the bounding set that is in
+// it (a service manager or a container runtime often leaves only a few).
+func clearBoundingSet(cgo bool) error {
+	last, err := capLastCap()
+	if err != nil {
+		return err
+	}
+	for c := 0; c <= last; c++ {
+		if in, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_READ, uintptr(c), 0); e == 0 && in == 0 {
+			continue
+		}
+		if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); err != nil {
+			return fmt.Errorf("drop privileges: drop capability %d from the bounding set: %w", c, err)
+		}
+	}
+	return nil
+}
+
 // clearGroups empties the supplementary groups of every thread (the
 // syscall package applies setgroups to all of them, with or without cgo).
 func clearGroups() error {
+	if n, _, e := syscall.RawSyscall(unix.SYS_GETGROUPS, 0, 0, 0); e == 0 && n == 0 {
+		return nil // none to clear
+	}
 	if !setgroupsAllowed() {
 		return nil
 	}
