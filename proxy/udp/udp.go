@@ -68,6 +68,12 @@ type Config struct {
 	MaxFlows int
 	// Logger receives warnings and errors; nil discards them.
 	Logger *logging.Logger
+
+	// Transparent sends each flow to Backend from the client's own address
+	// (and port where free), with IP_TRANSPARENT / IPV6_TRANSPARENT, so
+	// that the backend sees the client; it needs CAP_NET_ADMIN and the
+	// host rules of docs/client-address.md.
+	Transparent bool
 }
 
 func (c Config) idleTimeout() time.Duration {
