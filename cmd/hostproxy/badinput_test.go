@@ -112,6 +112,8 @@ func TestBadInput(t *testing.T) {
 		{"-L bad protocol", []string{"-L", "8080:127.0.0.1:80/icmp"}, nil, false},
 		{"-L unresolvable host", []string{"-L", "8080:no-such-host.invalid:80"}, nil, false},
 		{"-L unequal ranges", []string{"-L", "8000-8001:127.0.0.1:80"}, nil, false},
+		{"-transparent with sctp", engine("sctp", "127.0.0.1", "8080", "10.0.0.2", "80", "-transparent"), nil, false},
+		{"-transparent with -L /sctp", []string{"-transparent", "-L", "8080:127.0.0.1:80/sctp"}, nil, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.v6 {

@@ -82,6 +82,10 @@ type config struct {
 	MetricsInterval time.Duration // between two writes of MetricsFile
 	User            string        // -user: the account to run as once the sockets exist ("" keeps the uid)
 	Seccomp         bool          // -seccomp: install the system call allow-list
+
+	// -transparent: backend connections and flows leave from the client's
+	// address (IP_TRANSPARENT); keeps CAP_NET_ADMIN after the drop.
+	Transparent bool
 }
 
 // Backend returns the container address host port p maps to.
@@ -113,6 +117,8 @@ type flags struct {
 	metricsInterval                             time.Duration
 	user                                        string
 	seccomp                                     bool
+
+	transparent bool
 }
 
 func newFlags() *flags {
@@ -139,6 +145,7 @@ func newFlags() *flags {
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval, "rewrite -metrics-file every `duration`, and at exit")
 	fs.StringVar(&f.user, "user", defaultUser, "started as root, run as this `user` (name, UID or UID:GID) once the sockets exist (\"\" keeps the uid; capabilities are dropped either way)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "confine the process to the system calls the relays make (a seccomp allow-list); -seccomp=false turns it off")
+	fs.BoolVar(&f.transparent, "transparent", false, "connect to the backend from the client's own address (IP_TRANSPARENT; TCP and UDP): needs CAP_NET_ADMIN and the host rules of docs/client-address.md")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")
 	return f
@@ -173,6 +180,8 @@ func parseArgs(args []string) (*config, error) {
 		MetricsInterval: f.metricsInterval,
 		User:            f.user,
 		Seccomp:         f.seccomp,
+
+		Transparent: f.transparent,
 	}
 	var err error
 	if c.LogLevel, err = logging.ParseLevel(f.logLevel); err != nil {
@@ -225,9 +234,29 @@ func parseArgs(args []string) (*config, error) {
 			}
 			c.Forwards = append(c.Forwards, fw)
 		}
-		return c, nil
+		return c, c.checkTransparent()
 	}
-	return c, c.parseEngine(f)
+	if err := c.parseEngine(f); err != nil {
+		return nil, err
+	}
+	return c, c.checkTransparent()
+}
+
+// checkTransparent refuses -transparent with SCTP, which has no
+// transparent sockets.
+func (c *config) checkTransparent() error {
+	if !c.Transparent {
+		return nil
+	}
+	if c.Proto == sockopt.SCTP {
+		return errors.New("-transparent works with -proto tcp and udp, not sctp")
+	}
+	for _, fw := range c.Forwards {
+		if fw.Proto == sockopt.SCTP {
+			return fmt.Errorf("-transparent works with tcp and udp, not sctp (-L %s)", fw)
+		}
+	}
+	return nil
 }
 
 // parseEngine validates docker-proxy's flags and picks compat or allocation

@@ -139,6 +139,12 @@ type loop struct {
 	acceptOff   proxy.Backoff // after accept errors
 	dialOff     proxy.Backoff // after dial errors; reset by a completed connect
 	acceptFails int64         // accept errors of class Retry since the last accept
+
+	// Config.Transparent: the client's sockaddr as accept4 filled it, and
+	// the source address to bind the backend socket to.
+	peer    [unix.SizeofSockaddrInet6]byte
+	peerLen uint32
+	src     [unix.SizeofSockaddrInet6]byte
 }
 
 // loopCount returns how many event loops a Proxy runs, and how many of
@@ -530,7 +536,14 @@ func (l *loop) accept(i int) {
 		p.lnMu.RUnlock()
 		return
 	}
-	fd, errno := accept4(pt.fd)
+	var fd int
+	var errno unix.Errno
+	if p.transparent {
+		l.peerLen = uint32(len(l.peer))
+		fd, errno = accept4Peer(pt.fd, &l.peer, &l.peerLen)
+	} else {
+		fd, errno = accept4(pt.fd)
+	}
 	p.lnMu.RUnlock()
 	switch errno {
 	case 0:
@@ -565,6 +578,22 @@ func accept4(fd int) (int, unix.Errno) {
 			return int(nfd), 0
 		case unix.EINTR, unix.ECONNABORTED:
 			continue // as Go's accept does: the next one may be fine
+		}
+		return -1, errno
+	}
+}
+
+// accept4Peer is accept4 that also has the kernel fill in the client's
+// sockaddr (no extra system call), for Config.Transparent.
+func accept4Peer(fd int, sa *[unix.SizeofSockaddrInet6]byte, n *uint32) (int, unix.Errno) {
+	for {
+		nfd, _, errno := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(n)), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+		switch errno {
+		case 0:
+			return int(nfd), 0
+		case unix.EINTR, unix.ECONNABORTED:
+			*n = uint32(len(sa))
+			continue
 		}
 		return -1, errno
 	}
@@ -626,6 +655,9 @@ func (l *loop) open(i uint32, fd int) {
 	bfd := int(r)
 	c.fd[sideBackend] = int32(bfd)
 	setBackendOptions(bfd, p.keepCnt)
+	if p.transparent && !l.bindSource(c, idx, pt, bfd) {
+		return
+	}
 	_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
 	switch errno {
 	case 0, unix.EINPROGRESS:
@@ -652,6 +684,39 @@ func (l *loop) open(i uint32, fd int) {
 		l.dialHead = idx
 	}
 	l.dialTail = idx
+}
+
+// bindSource binds the backend socket bfd of c to the client's address
+// (Config.Transparent), whose sockaddr accept left in l.peer, and its port
+// where free; a local client, or one of another family than the backend,
+// keeps the normal source. It reports false when the bind failed: the dial
+// has then failed and c is reset.
+func (l *loop) bindSource(c *conn, idx int32, pt *port, bfd int) bool {
+	p := l.p
+	n, src := sockopt.ClientSource(&l.src, l.peer[:l.peerLen], pt.family == unix.AF_INET6, p.local)
+	switch src {
+	case sockopt.SourceLocal:
+		return true
+	case sockopt.SourceOtherFamily:
+		if !p.otherFamily.Swap(true) {
+			peer, _, _ := sockopt.ParseSockaddr(l.peer[:l.peerLen])
+			p.logFor(pt).Warn("transparent: a client of another address family than the backend keeps the host's source address (logged once)",
+				logging.AddrPort("client", peer))
+		}
+		return true
+	}
+	kept, err := sockopt.BindTransparent(bfd, &l.src, n)
+	if err != nil {
+		peer, _, _ := sockopt.ParseSockaddr(l.src[:n])
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(peer), Addr: net.TCPAddrFromAddrPort(pt.backend), Err: err})
+		return false
+	}
+	if !kept && p.log.Enabled(zapcore.DebugLevel) {
+		peer, _, _ := sockopt.ParseSockaddr(l.src[:n])
+		p.logFor(pt).Debug("transparent: the client's port is taken; the backend connection leaves from another port of its address",
+			logging.AddrPort("client", peer))
+	}
+	return true
 }
 
 // setBackendOptions gives a backend socket what the listening sockets give

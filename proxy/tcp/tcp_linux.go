@@ -46,6 +46,14 @@ type Proxy struct {
 	closing  atomic.Bool // every loop resets its connections and ends
 
 	acceptLog proxy.RateLimited // accept errors of class Retry
+
+	// Config.Transparent: local tells the host's own addresses, and
+	// otherFamily is set once a client of another family than its backend
+	// has been logged.
+	transparent bool
+	local       *sockopt.LocalAddrs
+	otherFamily atomic.Bool
+
 	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
 	mu      sync.Mutex
@@ -117,11 +125,39 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 	if err := checkBackend(cfg.Backend); err != nil {
 		return nil, err
 	}
-	pt, err := openPort(Mapping{File: f, Backend: cfg.Backend})
+	local, err := watchLocal(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return newProxy([]port{pt}, cfg), nil
+	pt, err := openPort(Mapping{File: f, Backend: cfg.Backend})
+	if err != nil {
+		closeLocal(local)
+		return nil, err
+	}
+	return newProxy([]port{pt}, cfg, local), nil
+}
+
+// watchLocal returns, for Config.Transparent, the host's own addresses to
+// tell local clients by; it fails when the process may not make sockets
+// transparent (no CAP_NET_ADMIN).
+func watchLocal(cfg Config) (*sockopt.LocalAddrs, error) {
+	if !cfg.Transparent {
+		return nil, nil
+	}
+	if err := sockopt.CheckTransparent(); err != nil {
+		return nil, fmt.Errorf("tcp proxy: transparent: %w", err)
+	}
+	la, err := sockopt.WatchLocalAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("tcp proxy: transparent: the host's addresses: %w", err)
+	}
+	return la, nil
+}
+
+func closeLocal(la *sockopt.LocalAddrs) {
+	if la != nil {
+		la.Close()
+	}
 }
 
 // NewRange returns one Proxy serving the socket of every mapping, each
@@ -133,6 +169,10 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 	if len(ms) == 0 {
 		return nil, errors.New("tcp proxy: no listening socket")
+	}
+	local, err := watchLocal(cfg)
+	if err != nil {
+		return nil, err
 	}
 	ports := make([]port, 0, len(ms))
 	for _, m := range ms {
@@ -148,17 +188,21 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 			for i := range ports {
 				unix.Close(ports[i].fd)
 			}
+			closeLocal(local)
 			return nil, err
 		}
 		ports = append(ports, pt)
 	}
-	return newProxy(ports, cfg), nil
+	return newProxy(ports, cfg, local), nil
 }
 
 // NewListener returns a Proxy serving ln's socket and takes ownership of ln
 // (it is closed; the Proxy keeps a duplicate of its socket). An unusable
 // cfg.Backend is not reported here: every connection is then reset and the
 // reason logged (use New, or check the address first, to fail early).
+// Likewise with cfg.Transparent a process without CAP_NET_ADMIN has every
+// connection reset, and when the host's addresses cannot be followed only
+// loopback clients keep the normal source (both logged).
 func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	listen := ln.Addr().(*net.TCPAddr).AddrPort()
 	fd := -1
@@ -168,7 +212,12 @@ func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	ln.Close()
 	// Without a descriptor (EMFILE for the duplicate), Serve fails at its
 	// first accept with EBADF and says so.
-	return newProxy([]port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg)
+	local, err := watchLocal(cfg)
+	p := newProxy([]port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg, local)
+	if err != nil {
+		p.log.Warn("transparent relaying is impaired", logging.Err(err))
+	}
+	return p
 }
 
 // openPort returns the port of m with a non-blocking duplicate of its
@@ -208,13 +257,15 @@ func dupNonblock(s int) (int, error) {
 	return fd, nil
 }
 
-func newProxy(ports []port, cfg Config) *Proxy {
+func newProxy(ports []port, cfg Config, local *sockopt.LocalAddrs) *Proxy {
 	p := &Proxy{
 		ports:       ports,
 		dialTimeout: cfg.DialTimeout,
 		log:         cfg.Logger,
 		single:      len(ports) == 1,
 		keepCnt:     systemKeepCnt() != keepAlive.Count,
+		transparent: cfg.Transparent,
+		local:       local,
 	}
 	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {
@@ -447,6 +498,7 @@ func (p *Proxy) Close() error {
 	if done != nil {
 		<-done
 	}
+	closeLocal(p.local)
 	return err
 }
 

@@ -97,6 +97,9 @@ func (pt *port) addr() net.Addr {
 // On this platform Close and Shutdown close the proxy's descriptor only:
 // the port stops accepting once the caller has closed f too.
 func New(f *os.File, cfg Config) (*Proxy, error) {
+	if cfg.Transparent {
+		return nil, errors.New(transparentUnsupported)
+	}
 	if f == nil {
 		return nil, errors.New("tcp proxy: nil listening socket")
 	}
@@ -135,6 +138,9 @@ func fileListener(f *os.File) (*net.TCPListener, error) {
 // cfg.Backend is not used. Serve, Close and Shutdown act on every socket at
 // once; Addr is the first mapping's address.
 func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
+	if cfg.Transparent {
+		return nil, errors.New(transparentUnsupported)
+	}
 	if len(ms) == 0 {
 		return nil, errors.New("tcp proxy: no listening socket")
 	}
