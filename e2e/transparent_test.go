@@ -68,6 +68,17 @@ func tpTopology(t *testing.T) (client, host, container netns) {
 		}
 	}
 	host.exec(t, nil, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	// A backend connection from the client's (not local) IPv6 address
+	// makes the host solicit the container's link address from its
+	// link-local address, which sends nothing while that address is
+	// tentative (duplicate address detection, a second or two after the
+	// link comes up): wait for it to be usable, as on a host whose links
+	// have been up for a while.
+	for _, ns := range []netns{client, host, container} {
+		waitFor(t, 10*time.Second, "IPv6 addresses in "+ns.name+" to leave the tentative state", func() bool {
+			return strings.TrimSpace(ns.exec(t, nil, "ip", "-6", "addr", "show", "tentative")) == ""
+		})
+	}
 	return client, host, container
 }
 
@@ -106,8 +117,9 @@ type tpProxy struct {
 }
 
 // spawnTransparent starts hostproxy with args in ns and waits for its
-// status on fd 3, which must start with "0\n".
-func spawnTransparent(t *testing.T, ns netns, bin string, args ...string) *tpProxy {
+// status on fd 3, which must start with "0\n". fd4, when not nil, is
+// passed as fd 4.
+func spawnTransparent(t *testing.T, ns netns, bin string, fd4 *os.File, args ...string) *tpProxy {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -117,6 +129,9 @@ func spawnTransparent(t *testing.T, ns netns, bin string, args ...string) *tpPro
 	p := &tpProxy{exited: make(chan struct{})}
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns.name, bin}, args...)...)
 	p.cmd.ExtraFiles = []*os.File{w} // fd 3
+	if fd4 != nil {
+		p.cmd.ExtraFiles = append(p.cmd.ExtraFiles, fd4)
+	}
 	p.cmd.Stderr = &p.stderr
 	err = p.cmd.Start()
 	w.Close()
@@ -189,7 +204,8 @@ func clientsAtOnce(t *testing.T, ns netns, addr netip.AddrPort, n int) {
 
 // TestTransparentTCP: with -transparent and the host rules, in every form,
 // several clients at once reach the container, which sees each client's own
-// address and port (IPv4 and IPv6); a client whose port is taken on the
+// address and port (IPv4, IPv6, and IPv4 clients of a dual-stack socket,
+// IPv4-mapped there); a client whose port is taken on the
 // host keeps its address with another port; the host itself still gets
 // through with its normal source; an IPv6 client of an IPv4 backend falls
 // back to the host's source, logged once. Without the rules the
@@ -211,13 +227,31 @@ func TestTransparentTCP(t *testing.T) {
 	var viaL netip.AddrPort // the -L mapping, used again without the rules
 	t.Run("compat", func(t *testing.T) {
 		front := netip.AddrPortFrom(tpHostOut, 8000)
-		p := spawnTransparent(t, host, hostproxy, "-proto", "tcp", "-host-ip", front.Addr().String(), "-host-port", "8000",
+		p := spawnTransparent(t, host, hostproxy, nil, "-proto", "tcp", "-host-ip", front.Addr().String(), "-host-port", "8000",
 			"-container-ip", tpContainer.String(), "-container-port", strconv.Itoa(tpEchoPort), "-transparent")
 		clientsAtOnce(t, client, front, 8)
 		p.stop(t)
 	})
+	t.Run("compat -use-listen-fd dual-stack", func(t *testing.T) {
+		// An engine's dual-stack socket on [::]: IPv4 clients are accepted
+		// IPv4-mapped and must reach an IPv4 container as themselves.
+		var ln net.Listener
+		if err := host.do(func() (err error) { ln, err = net.Listen("tcp", "[::]:8050"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		f, err := ln.(*net.TCPListener).File()
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		p := spawnTransparent(t, host, hostproxy, f, "-proto", "tcp", "-host-ip", "::", "-host-port", "8050",
+			"-container-ip", tpContainer.String(), "-container-port", strconv.Itoa(tpEchoPort), "-use-listen-fd", "-transparent")
+		clientsAtOnce(t, client, netip.AddrPortFrom(tpHostOut, 8050), 4)
+		p.stop(t)
+	})
 	t.Run("allocation", func(t *testing.T) {
-		p := spawnTransparent(t, host, hostproxy, "-proto", "tcp", "-host-ip", tpHostOut.String(), "-host-port", "8100-8199",
+		p := spawnTransparent(t, host, hostproxy, nil, "-proto", "tcp", "-host-ip", tpHostOut.String(), "-host-port", "8100-8199",
 			"-container-ip", tpContainer.String(), "-container-port", strconv.Itoa(tpEchoPort), "-transparent")
 		port, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(p.status, "0\n")), 10, 16)
 		if err != nil {
@@ -232,7 +266,7 @@ func TestTransparentTCP(t *testing.T) {
 		mixed := netip.AddrPortFrom(tpHostOut6, 8201) // IPv6 clients, IPv4 container
 		backend4 := netip.AddrPortFrom(tpContainer, tpEchoPort)
 		backend6 := netip.AddrPortFrom(tpContainer6, tpEchoPort)
-		p := spawnTransparent(t, host, hostproxy, "-transparent", "-dial-timeout", dialTimeout,
+		p := spawnTransparent(t, host, hostproxy, nil, "-transparent", "-dial-timeout", dialTimeout,
 			"-L", fmt.Sprintf("%s:%s", v4, backend4),
 			"-L", fmt.Sprintf("%s:%s", v6, backend6),
 			"-L", fmt.Sprintf("%s:%s", mixed, backend4))
