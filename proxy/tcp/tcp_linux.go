@@ -46,6 +46,7 @@ type Proxy struct {
 	closing  atomic.Bool // every loop resets its connections and ends
 
 	acceptLog proxy.RateLimited // accept errors of class Retry
+	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
 	// Config.Transparent: local tells the host's own addresses, and
 	// otherFamily is set once a client of another family than its backend
@@ -53,8 +54,6 @@ type Proxy struct {
 	transparent bool
 	local       *sockopt.LocalAddrs
 	otherFamily atomic.Bool
-
-	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
 	mu      sync.Mutex
 	serving bool           // Serve was called
