@@ -90,7 +90,9 @@ func (la *LocalAddrs) follow() {
 	if err != nil {
 		return
 	}
-	buf := make([]byte, 16<<10)
+	// The notices are only counted, not read: a message longer than buf
+	// is truncated, which drops the rest of it.
+	buf := make([]byte, 512)
 	drain := func(fd uintptr) bool {
 		got := false
 		for {
