@@ -12,8 +12,9 @@
 # For each mode (plain, -transparent), printed:
 #   - the system calls hostproxy made (strace -c -f) for those connections,
 #     per connection, for the calls that differ or matter;
-#   - without strace, the wall time of CONNS sequential connections, three
-#     runs interleaved, and what the container saw on the last one.
+#   - without strace, the wall time of CONNS sequential connections, five
+#     rounds interleaved, what the container saw on the last one, and the
+#     median per mode.
 # Needs root, ip, nft, strace.
 set -euo pipefail
 conns=${1:-2000}
@@ -125,8 +126,10 @@ for mode in plain transparent; do
 	awk '$NF == "total" { print "   total calls", ($4 ~ /^[0-9]+$/) ? $4 : $3 }' "$dir/$mode.strace"
 done
 
-echo "== wall time of $conns sequential connections (no strace), 3 rounds interleaved"
-for round in 1 2 3; do
+rounds=5
+declare -A times
+echo "== wall time of $conns sequential connections (no strace), $rounds rounds interleaved"
+for ((round = 1; round <= rounds; round++)); do
 	for mode in plain transparent; do
 		flags=()
 		[[ $mode == transparent ]] && flags=(-transparent)
@@ -136,8 +139,13 @@ for round in 1 2 3; do
 		end=$(date +%s%N)
 		stop
 		ms=$(((end - begin) / 1000000))
+		times[$mode]+="$ms "
 		echo "   round $round $mode: ${ms} ms, $((conns * 1000 / (ms > 0 ? ms : 1))) conn/s; the container saw $seen"
 	done
+done
+for mode in plain transparent; do
+	median=$(tr ' ' '\n' <<<"${times[$mode]}" | grep . | sort -n | sed -n "$(((rounds + 1) / 2))p")
+	echo "   median $mode: ${median} ms, $((conns * 1000 / (median > 0 ? median : 1))) conn/s"
 done
 if [[ -s $dir/stderr ]]; then
 	echo "== hostproxy's log (info and above)"
