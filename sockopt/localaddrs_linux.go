@@ -1,7 +1,6 @@
 package sockopt
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -11,18 +10,22 @@ import (
 )
 
 // LocalAddrs is the set of the host's own addresses (of its network
-// namespace), kept current by a netlink socket subscribed to address
-// changes: a lookup makes no system call. It is refreshed from a goroutine
-// after each change, so for a moment after an address is added or removed
-// a lookup may give the previous answer.
+// namespace), kept current through a netlink socket subscribed to address
+// changes: a lookup makes no system call. It starts no goroutine: its owner
+// waits for Fd to be readable (in an epoll set of its own) and then calls
+// Update, so that a process whose goroutines wait in no Go poller keeps
+// its idle threads asleep on futexes rather than in the poller's
+// epoll_wait. Until Update runs after a change, a lookup gives the previous
+// answer.
 type LocalAddrs struct {
-	addrs atomic.Pointer[[]netip.Addr]
-	nl    *os.File // netlink socket in RTMGRP_IPV4_IFADDR and RTMGRP_IPV6_IFADDR
-	done  chan struct{}
+	addrs  atomic.Pointer[[]netip.Addr]
+	fd     int // non-blocking netlink socket in RTMGRP_IPV4_IFADDR and RTMGRP_IPV6_IFADDR
+	closed atomic.Bool
+	buf    [512]byte // change notices are counted, not parsed: longer ones are truncated
 }
 
-// WatchLocalAddrs reads the host's addresses and follows their changes
-// until Close.
+// WatchLocalAddrs reads the host's addresses and subscribes to their
+// changes; Close releases it.
 func WatchLocalAddrs() (*LocalAddrs, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 	if err != nil {
@@ -32,15 +35,39 @@ func WatchLocalAddrs() (*LocalAddrs, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("bind netlink", err)
 	}
-	la := &LocalAddrs{nl: os.NewFile(uintptr(fd), "netlink address changes"), done: make(chan struct{})}
-	// Subscribed first, read second: a change between the two is a
-	// message that triggers another read.
+	la := &LocalAddrs{fd: fd}
+	// Subscribed first, read second: a change between the two leaves a
+	// notice that makes Update read again.
 	if err := la.refresh(); err != nil {
-		la.nl.Close()
+		unix.Close(fd)
 		return nil, err
 	}
-	go la.follow()
 	return la, nil
+}
+
+// Fd is the descriptor that becomes readable when the addresses change;
+// the owner watches it (EPOLLIN) and calls Update.
+func (la *LocalAddrs) Fd() int { return la.fd }
+
+// Update takes the pending change notices, if any, and then reads the
+// host's addresses again. It reports whether there were notices; when
+// reading fails the previous set stays and the error is returned.
+func (la *LocalAddrs) Update() (bool, error) {
+	got := false
+	for {
+		_, _, err := unix.Recvfrom(la.fd, la.buf[:], unix.MSG_DONTWAIT)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil && err != unix.ENOBUFS { // EAGAIN: no more
+			break
+		}
+		got = true // a notice, or some lost (ENOBUFS)
+	}
+	if !got {
+		return false, nil
+	}
+	return true, la.refresh()
 }
 
 // Contains reports whether a (unmapped) is one of the host's addresses.
@@ -53,14 +80,13 @@ func (la *LocalAddrs) Contains(a netip.Addr) bool {
 	return false
 }
 
-// Close stops following changes.
+// Close releases the netlink socket (which leaves any epoll set with it).
+// Later calls do nothing.
 func (la *LocalAddrs) Close() error {
-	err := la.nl.Close()
-	if errors.Is(err, os.ErrClosed) {
+	if la.closed.Swap(true) {
 		return nil
 	}
-	<-la.done
-	return err
+	return os.NewSyscallError("close netlink", unix.Close(la.fd))
 }
 
 // refresh reads the host's addresses again.
@@ -79,34 +105,4 @@ func (la *LocalAddrs) refresh() error {
 	}
 	la.addrs.Store(&addrs)
 	return nil
-}
-
-// follow waits for address change notices until Close and, after each
-// batch of them (or a lost one: ENOBUFS), reads the addresses again. When
-// waiting fails otherwise the last set stays.
-func (la *LocalAddrs) follow() {
-	defer close(la.done)
-	rc, err := la.nl.SyscallConn()
-	if err != nil {
-		return
-	}
-	// The notices are only counted, not read: a message longer than buf
-	// is truncated, which drops the rest of it.
-	buf := make([]byte, 512)
-	drain := func(fd uintptr) bool {
-		got := false
-		for {
-			_, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
-			switch err {
-			case nil, unix.ENOBUFS:
-				got = true
-			case unix.EINTR:
-			default: // EAGAIN: the batch is over, or nothing came yet
-				return got
-			}
-		}
-	}
-	for rc.Read(drain) == nil {
-		la.refresh()
-	}
 }

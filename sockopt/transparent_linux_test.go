@@ -56,7 +56,8 @@ func TestBindTransparent(t *testing.T) {
 }
 
 // TestWatchLocalAddrs: the set holds the addresses the host has, and not
-// one it has not; Close ends the watch.
+// one it has not; Update with no change pending reports none; Close can be
+// called twice.
 func TestWatchLocalAddrs(t *testing.T) {
 	la, err := sockopt.WatchLocalAddrs()
 	if err != nil {
@@ -67,6 +68,9 @@ func TestWatchLocalAddrs(t *testing.T) {
 	}
 	if la.Contains(netip.MustParseAddr("192.0.2.77")) {
 		t.Error("192.0.2.77 (TEST-NET-1) is among the host's addresses")
+	}
+	if changed, err := la.Update(); changed || err != nil {
+		t.Errorf("Update with nothing pending: %v, %v; want false, nil", changed, err)
 	}
 	if err := la.Close(); err != nil {
 		t.Errorf("Close: %v", err)

@@ -19,6 +19,12 @@ func WatchLocalAddrs() (*LocalAddrs, error) {
 // Contains reports false.
 func (*LocalAddrs) Contains(netip.Addr) bool { return false }
 
+// Fd returns -1.
+func (*LocalAddrs) Fd() int { return -1 }
+
+// Update does nothing.
+func (*LocalAddrs) Update() (bool, error) { return false, nil }
+
 // Close does nothing.
 func (*LocalAddrs) Close() error { return nil }
 

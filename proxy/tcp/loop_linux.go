@@ -252,6 +252,28 @@ func (l *loop) close() {
 
 var wakeOne = [8]byte{1} // a non-zero eventfd increment in either byte order
 
+// wakeLocalAddrs is the Fd of the evWake event that says the host's
+// addresses changed (Config.Transparent); the loop's eventfd has 0.
+const wakeLocalAddrs = 1
+
+// watchLocal adds the descriptor of the host's address changes to the
+// loop's epoll set, for the first loop of a transparent proxy: it keeps
+// Proxy.local current (updateLocal) without a goroutine of its own.
+func (l *loop) watchLocal() error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeLocalAddrs, Pad: evWake}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.p.local.Fd(), &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// updateLocal reads the host's addresses again after a change.
+func (l *loop) updateLocal() {
+	if _, err := l.p.local.Update(); err != nil {
+		l.p.log.Warn("transparent: cannot read the host's addresses again; using the previous ones", logging.Err(err))
+	}
+}
+
 // wake makes the loop look at the proxy's state. Proxy.mu must be held, so
 // that the loop's descriptors are still open.
 func (l *loop) wake() { unix.Write(l.wakefd, wakeOne[:]) }
@@ -335,8 +357,12 @@ func (l *loop) dispatch(n int) bool {
 		ev := &l.events[i]
 		switch kind := ev.Pad & 3; kind {
 		case evWake:
-			var b [8]byte
-			unix.Read(l.wakefd, b[:])
+			if ev.Fd == wakeLocalAddrs {
+				l.updateLocal()
+			} else {
+				var b [8]byte
+				unix.Read(l.wakefd, b[:])
+			}
 			again = true
 		case evListener:
 			l.accept(int(ev.Fd))

@@ -384,6 +384,11 @@ func (p *Proxy) beginServe() (*loop, error) {
 	}
 	_, owned := loopCount()
 	l, err := newLoop(p, owned > 0)
+	if err == nil && p.local != nil {
+		if err = l.watchLocal(); err != nil {
+			l.close()
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), err)
 	}
