@@ -84,7 +84,8 @@ type Config struct {
 	// family is not the backend's, keeps the host's normal source (the
 	// latter logged once). It needs CAP_NET_ADMIN (New fails without it)
 	// and the host rules of docs/client-address.md for the replies; it is
-	// supported on Linux only (New fails elsewhere).
+	// supported on Linux only (elsewhere New and NewRange fail, and Serve
+	// of a NewListener proxy).
 	Transparent bool
 }
 

@@ -43,6 +43,8 @@ type Proxy struct {
 	acceptLog proxy.RateLimited // accept errors of class Retry
 	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
+	transparent bool // Config.Transparent, which Serve refuses here
+
 	// A dial error of class Retry or AddrExhausted holds the accept loops
 	// until holdUntil (Unix ns; 0 for no hold), the next delay of dialOff.
 	holdUntil atomic.Int64
@@ -196,6 +198,7 @@ func newProxy(ports []port, cfg Config) *Proxy {
 		cancel:      cancel,
 		stopping:    make(chan struct{}),
 		relays:      make(map[*relay]struct{}),
+		transparent: cfg.Transparent,
 	}
 	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {
@@ -259,6 +262,8 @@ func (p *Proxy) beginServe() error {
 		return fmt.Errorf("serve tcp on %s: %w", p.Addr(), proxy.ErrClosed)
 	case p.serving:
 		return fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
+	case p.transparent: // NewListener, which cannot fail
+		return errors.New(transparentUnsupported)
 	}
 	p.serving, p.accepting = true, true
 	return nil
