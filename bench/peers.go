@@ -151,6 +151,19 @@ func defaultPeers(hostproxyBin string) []*peerSpec {
 			Status: true, EachStatus: true, ListenFD: true,
 		},
 		{
+			// -transparent on loopback: every client is the host's own, so
+			// this measures what tells a local client apart (the peer
+			// address accept4 fills in, the address lookup), not the bind
+			// of a client from elsewhere, which hack/transparent-cost.sh
+			// measures in namespaces. Needs CAP_NET_ADMIN.
+			Name: "hostproxy-transparent", Bin: hostproxyBin, Protos: []string{"tcp"},
+			NoProto: map[string]string{"udp": "measured for TCP only"},
+			Args:    append(slices.Clone(compat), "-use-listen-fd", "-transparent"),
+			Head:    []string{"-transparent"},
+			Each:    []string{"-L", "{host_ip}:{host_port}:{backend_ip}:{backend_port}/{proto}"},
+			Status:  true, EachStatus: true, ListenFD: true,
+		},
+		{
 			// Docker 20.10's docker-proxy has no -use-listen-fd: it binds
 			// the host port itself.
 			Name: "docker-proxy", Bin: "docker-proxy", Protos: []string{"tcp", "udp"},

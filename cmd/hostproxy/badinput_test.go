@@ -120,6 +120,8 @@ func TestBadInput(t *testing.T) {
 		{"proxy protocol v1 with allocation over UDP", engine("udp", "127.0.0.1", "0", "10.0.0.2", "80", "-proxy-protocol", "v1"), nil, false},
 		{"proxy protocol v1 with a UDP -L", []string{"-proxy-protocol", "v1", "-L", "8080:127.0.0.1:80", "-L", "8053:127.0.0.1:53/udp"}, nil, false},
 		{"proxy protocol with an SCTP -L", []string{"-proxy-protocol", "v2", "-L", "8080:127.0.0.1:80/sctp"}, nil, false},
+		{"-transparent with sctp", engine("sctp", "127.0.0.1", "8080", "10.0.0.2", "80", "-transparent"), nil, false},
+		{"-transparent with -L /sctp", []string{"-transparent", "-L", "8080:127.0.0.1:80/sctp"}, nil, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.v6 {

@@ -86,6 +86,9 @@ type config struct {
 
 	// The client's address: -proxy-protocol (proxyprotocol.go).
 	ProxyProtocol proxyproto.Version // None: no PROXY header
+	// -transparent: backend connections and flows leave from the client's
+	// address (IP_TRANSPARENT); keeps CAP_NET_ADMIN after the drop.
+	Transparent bool
 }
 
 // Backend returns the container address host port p maps to.
@@ -119,6 +122,7 @@ type flags struct {
 	seccomp                                     bool
 
 	proxyProtocol string // -proxy-protocol
+	transparent   bool
 }
 
 func newFlags() *flags {
@@ -148,6 +152,7 @@ func newFlags() *flags {
 	// The client's address: -proxy-protocol (proxyprotocol.go).
 	fs.StringVar(&f.proxyProtocol, "proxy-protocol", "", "send each TCP backend a PROXY protocol header (`version` v1 or v2) naming the client, and start every UDP datagram to the backend with a v2 header (v2 only)")
 
+	fs.BoolVar(&f.transparent, "transparent", false, "connect to the backend from the client's own address (IP_TRANSPARENT; TCP and UDP): needs CAP_NET_ADMIN and the host rules of docs/client-address.md")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.v, "v", false, "print the version and exit")
 	return f
@@ -182,6 +187,8 @@ func parseArgs(args []string) (*config, error) {
 		MetricsInterval: f.metricsInterval,
 		User:            f.user,
 		Seccomp:         f.seccomp,
+
+		Transparent: f.transparent,
 	}
 	var err error
 	if c.LogLevel, err = logging.ParseLevel(f.logLevel); err != nil {
@@ -237,12 +244,32 @@ func parseArgs(args []string) (*config, error) {
 		if err := c.setProxyProtocol(f.proxyProtocol, set["proxy-protocol"]); err != nil {
 			return nil, err
 		}
-		return c, nil
+		return c, c.checkTransparent()
 	}
 	if err := c.parseEngine(f); err != nil {
 		return c, err
 	}
-	return c, c.setProxyProtocol(f.proxyProtocol, set["proxy-protocol"])
+	if err := c.setProxyProtocol(f.proxyProtocol, set["proxy-protocol"]); err != nil {
+		return c, err
+	}
+	return c, c.checkTransparent()
+}
+
+// checkTransparent refuses -transparent with SCTP, which has no
+// transparent sockets.
+func (c *config) checkTransparent() error {
+	if !c.Transparent {
+		return nil
+	}
+	if c.Proto == sockopt.SCTP {
+		return errors.New("-transparent works with -proto tcp and udp, not sctp")
+	}
+	for _, fw := range c.Forwards {
+		if fw.Proto == sockopt.SCTP {
+			return fmt.Errorf("-transparent works with tcp and udp, not sctp (-L %s)", fw)
+		}
+	}
+	return nil
 }
 
 // parseEngine validates docker-proxy's flags and picks compat or allocation

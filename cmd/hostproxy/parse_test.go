@@ -214,3 +214,31 @@ func TestParseProxyProtocol(t *testing.T) {
 		}
 	}
 }
+
+// TestParseTransparent: -transparent in every form sets Transparent; with
+// SCTP, as -proto or an -L suffix, it is an error naming both.
+func TestParseTransparent(t *testing.T) {
+	for _, args := range []string{
+		"-proto tcp -host-ip 127.0.0.1 -host-port 80 -container-ip 10.0.0.2 -container-port 8080 -transparent",
+		"-proto udp -host-ip 127.0.0.1 -host-port 0 -container-ip 10.0.0.2 -container-port 53 -transparent",
+		"-transparent -L 8080:127.0.0.1:80 -L 53:127.0.0.1:53/udp",
+	} {
+		c, err := parseArgs(strings.Fields(args))
+		if err != nil || !c.Transparent {
+			t.Errorf("parseArgs(%s): %v, %v; want Transparent", args, c, err)
+		}
+	}
+	c, err := parseArgs(strings.Fields("-L 8080:127.0.0.1:80"))
+	if err != nil || c.Transparent {
+		t.Errorf("without -transparent: %v, %v; want Transparent false", c, err)
+	}
+	for _, args := range []string{
+		"-proto sctp -host-ip 127.0.0.1 -host-port 80 -container-ip 10.0.0.2 -container-port 80 -transparent",
+		"-transparent -L 8080:127.0.0.1:80 -L 9090:127.0.0.1:90/sctp",
+	} {
+		_, err := parseArgs(strings.Fields(args))
+		if err == nil || !strings.Contains(err.Error(), "-transparent") || !strings.Contains(err.Error(), "sctp") {
+			t.Errorf("parseArgs(%s): %v, want an error naming -transparent and sctp", args, err)
+		}
+	}
+}

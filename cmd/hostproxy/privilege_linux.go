@@ -14,8 +14,9 @@ import (
 // sets no_new_privs and, with -seccomp, installs the system call allow-list
 // on every thread. Its error is a start-up failure.
 func dropPrivileges(cfg *config, log *logging.Logger) error {
-	// -transparent, once it exists, sets KeepNetAdmin.
-	res, err := privilege.Drop(privilege.Options{User: cfg.User, Seccomp: cfg.Seccomp})
+	// -transparent keeps CAP_NET_ADMIN: every backend socket is made
+	// transparent (IP_TRANSPARENT) when its connection or flow starts.
+	res, err := privilege.Drop(privilege.Options{User: cfg.User, Seccomp: cfg.Seccomp, KeepNetAdmin: cfg.Transparent})
 	if err != nil {
 		return err
 	}

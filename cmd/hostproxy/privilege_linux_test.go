@@ -219,6 +219,23 @@ func TestPrivilegeDropped(t *testing.T) {
 		checkThreads(t, p.cmd.Process.Pid, w)
 		p.stop(t, syscall.SIGTERM) // the graceful drain, with nothing open
 	})
+	t.Run("-transparent keeps CAP_NET_ADMIN only", func(t *testing.T) {
+		testenv.RequireNetAdmin(t)
+		w := w
+		w.capEff = "0000000000001000" // CAP_NET_ADMIN (12) alone
+		for _, proto := range []string{"tcp", "udp"} {
+			backend := echo(t, proto, lo4, 0, "backend:")
+			var host netip.AddrPort
+			p := startOnFreePorts(t, spawn{bin: bin}, func() ([]string, string) {
+				host = netip.AddrPortFrom(lo4, freePort(t, lo4))
+				return append(engineArgs(proto, host, backend), "-transparent"), "0\n"
+			})
+			checkThreads(t, p.cmd.Process.Pid, w)
+			check(t, proto, host, "backend:") // a loopback client: the normal source
+			checkThreads(t, p.cmd.Process.Pid, w)
+			p.stop(t, syscall.SIGTERM)
+		}
+	})
 	t.Run("-seccomp=false", func(t *testing.T) {
 		backend := tcpEcho(t, lo4, 0, "backend:")
 		var host netip.AddrPort
@@ -310,5 +327,35 @@ func TestSeccompKills(t *testing.T) {
 	ws := ee.Sys().(syscall.WaitStatus)
 	if !ws.Signaled() || ws.Signal() != syscall.SIGSYS {
 		t.Fatalf("hostproxy ended with %v, want killed by SIGSYS; stderr: %s", p.err, p.stderr)
+	}
+}
+
+// TestTransparentNeedsNetAdmin: -transparent without CAP_NET_ADMIN (root
+// with it, and CAP_NET_RAW that the kernel also accepts for
+// IP_TRANSPARENT, taken out of the bounding set) fails at start with one
+// line naming the capability, in every form.
+func TestTransparentNeedsNetAdmin(t *testing.T) {
+	testenv.RequireRoot(t)
+	setpriv := testenv.RequireCommand(t, "setpriv")
+	bin := privBin(t)
+	backend := netip.MustParseAddrPort("10.0.0.2:80")
+	for _, args := range [][]string{
+		engineArgs("tcp", netip.AddrPortFrom(lo4, freePort(t, lo4)), backend),
+		engineArgs("udp", netip.AddrPortFrom(lo4, 0), backend),
+		{"-L", fmt.Sprintf("%d:%s", freePort(t, lo4), backend)},
+	} {
+		p := start(t, spawn{bin: setpriv}, append(append([]string{"--bounding-set=-net_admin,-net_raw", "--", bin}, args...), "-transparent")...)
+		status := p.readStatus(t)
+		if code := p.exitCode(t, wait); code != 1 {
+			t.Errorf("%v: exit code %d, want 1", args, code)
+		}
+		stderr := p.stderr.String()
+		if strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "-transparent") || !strings.Contains(stderr, "CAP_NET_ADMIN") {
+			t.Errorf("%v: stderr %q, want one line naming -transparent and CAP_NET_ADMIN", args, stderr)
+		}
+		if !strings.HasPrefix(status, "1\n") || !strings.Contains(status, "CAP_NET_ADMIN") {
+			t.Errorf("%v: fd 3 %q, want the same reason", args, status)
+		}
+		t.Logf("%s", strings.TrimSpace(stderr))
 	}
 }

@@ -61,6 +61,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer log.Sync()
 	sm.report(log)
+	if cfg.Transparent {
+		if err := sockopt.CheckTransparent(); err != nil {
+			return startFailed(st, stderr, fmt.Errorf("-transparent: %w", err))
+		}
+	}
 
 	var (
 		s     *server
@@ -178,11 +183,11 @@ func (s *server) add(f *os.File, proto sockopt.Proto, frontend, backend netip.Ad
 	switch proto {
 	case sockopt.TCP:
 		p, err = tcp.New(f, tcp.Config{Backend: backend, DialTimeout: s.cfg.DialTimeout, Logger: log,
-			ProxyProtocol: s.cfg.ProxyProtocol})
+			ProxyProtocol: s.cfg.ProxyProtocol, Transparent: s.cfg.Transparent})
 	case sockopt.UDP:
 		p, err = udp.New(f, udp.Config{Backend: backend, IdleTimeout: s.cfg.UDPTimeout,
 			MaxFlows: s.cfg.UDPMaxFlows, Logger: log,
-			ProxyProtocol: s.cfg.ProxyProtocol})
+			ProxyProtocol: s.cfg.ProxyProtocol, Transparent: s.cfg.Transparent})
 	case sockopt.SCTP:
 		p, err = sctp.New(f, sctp.Config{Backend: backend, DialTimeout: s.cfg.DialTimeout, Logger: log})
 	default:
@@ -252,14 +257,14 @@ func (s *server) addGroup(g group) error {
 			ms[i] = tcp.Mapping{File: f, Backend: g.backends[i]}
 		}
 		p, err = tcp.NewRange(ms, tcp.Config{DialTimeout: s.cfg.DialTimeout, Logger: log,
-			ProxyProtocol: s.cfg.ProxyProtocol})
+			ProxyProtocol: s.cfg.ProxyProtocol, Transparent: s.cfg.Transparent})
 	case sockopt.UDP:
 		ms := make([]udp.Mapping, len(g.files))
 		for i, f := range g.files {
 			ms[i] = udp.Mapping{File: f, Backend: g.backends[i]}
 		}
 		p, err = udp.NewRange(ms, udp.Config{IdleTimeout: s.cfg.UDPTimeout, MaxFlows: s.cfg.UDPMaxFlows, Logger: log,
-			ProxyProtocol: s.cfg.ProxyProtocol})
+			ProxyProtocol: s.cfg.ProxyProtocol, Transparent: s.cfg.Transparent})
 	case sockopt.SCTP:
 		ms := make([]sctp.Mapping, len(g.files))
 		for i, f := range g.files {

@@ -79,7 +79,7 @@ type conn struct {
 	inPipe   [2]uint32   // bytes read from side d, not yet written to the other
 	flags    [2]uint8
 	dialing  bool
-	hdrLeft  uint8 // bytes of the PROXY header in spill[sideClient], not yet sent
+	hdrLeft  uint8  // bytes of the PROXY header in spill[sideClient], not yet sent
 	gen      uint32 // changes each time the record is reused
 	prev     int32  // in the loop's dial list, while dialing
 	next     int32
@@ -153,6 +153,11 @@ type loop struct {
 	sweep  atomic.Bool
 	sweeps []*sync.WaitGroup
 	ended  bool
+	// Config.Transparent: the client's sockaddr as accept4 filled it, and
+	// the source address to bind the backend socket to.
+	peer    [unix.SizeofSockaddrInet6]byte
+	peerLen uint32
+	src     [unix.SizeofSockaddrInet6]byte
 }
 
 // loopCount returns how many event loops a Proxy runs, and how many of
@@ -261,6 +266,28 @@ func (l *loop) close() {
 
 var wakeOne = [8]byte{1} // a non-zero eventfd increment in either byte order
 
+// wakeLocalAddrs is the Fd of the evWake event that says the host's
+// addresses changed (Config.Transparent); the loop's eventfd has 0.
+const wakeLocalAddrs = 1
+
+// watchLocal adds the descriptor of the host's address changes to the
+// loop's epoll set, for the first loop of a transparent proxy: it keeps
+// Proxy.local current (updateLocal) without a goroutine of its own.
+func (l *loop) watchLocal() error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeLocalAddrs, Pad: evWake}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.p.local.Fd(), &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// updateLocal reads the host's addresses again after a change.
+func (l *loop) updateLocal() {
+	if _, err := l.p.local.Update(); err != nil {
+		l.p.log.Warn("transparent: cannot read the host's addresses again; using the previous ones", logging.Err(err))
+	}
+}
+
 // wake makes the loop look at the proxy's state. Proxy.mu must be held, so
 // that the loop's descriptors are still open.
 func (l *loop) wake() { unix.Write(l.wakefd, wakeOne[:]) }
@@ -337,10 +364,14 @@ func (l *loop) dispatch(n int) bool {
 		ev := &l.events[i]
 		switch kind := ev.Pad & 3; kind {
 		case evWake:
-			var b [8]byte
-			unix.Read(l.wakefd, b[:])
-			if l.sweep.Load() {
-				l.sweepRemoved()
+			if ev.Fd == wakeLocalAddrs {
+				l.updateLocal()
+			} else {
+				var b [8]byte
+				unix.Read(l.wakefd, b[:])
+				if l.sweep.Load() {
+					l.sweepRemoved()
+				}
 			}
 			again = true
 		case evListener:
@@ -563,7 +594,14 @@ func (l *loop) accept(i int) {
 		return
 	}
 	pt := p.slots[i]
-	fd, errno := accept4(pt.fd)
+	var fd int
+	var errno unix.Errno
+	if p.transparent {
+		l.peerLen = uint32(len(l.peer))
+		fd, errno = accept4Peer(pt.fd, &l.peer, &l.peerLen)
+	} else {
+		fd, errno = accept4(pt.fd)
+	}
 	p.lnMu.RUnlock()
 	switch errno {
 	case 0:
@@ -598,6 +636,22 @@ func accept4(fd int) (int, unix.Errno) {
 			return int(nfd), 0
 		case unix.EINTR, unix.ECONNABORTED:
 			continue // as Go's accept does: the next one may be fine
+		}
+		return -1, errno
+	}
+}
+
+// accept4Peer is accept4 that also has the kernel fill in the client's
+// sockaddr (no extra system call), for Config.Transparent.
+func accept4Peer(fd int, sa *[unix.SizeofSockaddrInet6]byte, n *uint32) (int, unix.Errno) {
+	for {
+		nfd, _, errno := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(n)), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+		switch errno {
+		case 0:
+			return int(nfd), 0
+		case unix.EINTR, unix.ECONNABORTED:
+			*n = uint32(len(sa))
+			continue
 		}
 		return -1, errno
 	}
@@ -657,6 +711,9 @@ func (l *loop) open(pt *port, fd int) {
 	bfd := int(r)
 	c.fd[sideBackend] = int32(bfd)
 	setBackendOptions(bfd, p.keepCnt)
+	if p.transparent && !l.bindSource(c, idx, pt, bfd) {
+		return
+	}
 	_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
 	switch errno {
 	case 0, unix.EINPROGRESS:
@@ -683,6 +740,39 @@ func (l *loop) open(pt *port, fd int) {
 		l.dialHead = idx
 	}
 	l.dialTail = idx
+}
+
+// bindSource binds the backend socket bfd of c to the client's address
+// (Config.Transparent), whose sockaddr accept left in l.peer, and its port
+// where free; a local client, or one of another family than the backend,
+// keeps the normal source. It reports false when the bind failed: the dial
+// has then failed and c is reset.
+func (l *loop) bindSource(c *conn, idx int32, pt *port, bfd int) bool {
+	p := l.p
+	n, src := sockopt.ClientSource(&l.src, l.peer[:l.peerLen], pt.family == unix.AF_INET6, p.local)
+	switch src {
+	case sockopt.SourceLocal:
+		return true
+	case sockopt.SourceOtherFamily:
+		if !p.otherFamily.Swap(true) {
+			peer, _, _ := sockopt.ParseSockaddr(l.peer[:l.peerLen])
+			p.logFor(pt).Warn("transparent: a client of another address family than the backend keeps the host's source address (logged once)",
+				logging.AddrPort("client", peer))
+		}
+		return true
+	}
+	kept, err := sockopt.BindTransparent(bfd, &l.src, n)
+	if err != nil {
+		peer, _, _ := sockopt.ParseSockaddr(l.src[:n])
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(peer), Addr: net.TCPAddrFromAddrPort(pt.backend), Err: err})
+		return false
+	}
+	if !kept && p.log.Enabled(zapcore.DebugLevel) {
+		peer, _, _ := sockopt.ParseSockaddr(l.src[:n])
+		p.logFor(pt).Debug("transparent: the client's port is taken; the backend connection leaves from another port of its address",
+			logging.AddrPort("client", peer))
+	}
+	return true
 }
 
 // setBackendOptions gives a backend socket what the listening sockets give

@@ -87,7 +87,21 @@ type Config struct {
 	// own, so the real local address on a wildcard listener).
 	// IPv4-mapped addresses are announced as IPv4.
 	ProxyProtocol proxyproto.Version
+	// Transparent connects to the backend from the client's own address,
+	// and its port where free (else another port of that address), with
+	// IP_TRANSPARENT / IPV6_TRANSPARENT, so that the backend sees the
+	// client. A client that is one of the host's own addresses, or whose
+	// family is not the backend's, keeps the host's normal source (the
+	// latter logged once). It needs CAP_NET_ADMIN (New fails without it)
+	// and the host rules of docs/client-address.md for the replies; it is
+	// supported on Linux only (elsewhere New and NewRange fail, and Serve
+	// of a NewListener proxy).
+	Transparent bool
 }
+
+// transparentUnsupported is the error of New and NewRange for
+// Config.Transparent where the platform has no IP_TRANSPARENT.
+const transparentUnsupported = "tcp proxy: -transparent (IP_TRANSPARENT) is not supported on this platform"
 
 // Mapping is one socket of a range proxy (NewRange) and the backend its
 // connections are relayed to.

@@ -60,6 +60,13 @@ type Proxy struct {
 	acceptLog proxy.RateLimited // accept errors of class Retry
 	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
+	// Config.Transparent: local tells the host's own addresses, and
+	// otherFamily is set once a client of another family than its backend
+	// has been logged.
+	transparent bool
+	local       *sockopt.LocalAddrs
+	otherFamily atomic.Bool
+
 	mu      sync.Mutex
 	serving bool           // Serve was called
 	closed  bool           // Close ran, or Shutdown finished
@@ -131,11 +138,39 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 	if err := checkBackend(cfg.Backend); err != nil {
 		return nil, err
 	}
-	pt, err := openPort(Mapping{File: f, Backend: cfg.Backend})
+	local, err := watchLocal(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return newProxy([]*port{pt}, cfg), nil
+	pt, err := openPort(Mapping{File: f, Backend: cfg.Backend})
+	if err != nil {
+		closeLocal(local)
+		return nil, err
+	}
+	return newProxy([]*port{pt}, cfg, local), nil
+}
+
+// watchLocal returns, for Config.Transparent, the host's own addresses to
+// tell local clients by; it fails when the process may not make sockets
+// transparent (no CAP_NET_ADMIN).
+func watchLocal(cfg Config) (*sockopt.LocalAddrs, error) {
+	if !cfg.Transparent {
+		return nil, nil
+	}
+	if err := sockopt.CheckTransparent(); err != nil {
+		return nil, fmt.Errorf("tcp proxy: transparent: %w", err)
+	}
+	la, err := sockopt.WatchLocalAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("tcp proxy: transparent: the host's addresses: %w", err)
+	}
+	return la, nil
+}
+
+func closeLocal(la *sockopt.LocalAddrs) {
+	if la != nil {
+		la.Close()
+	}
 }
 
 // NewRange returns one Proxy serving the socket of every mapping, each
@@ -148,6 +183,10 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 	if len(ms) == 0 {
 		return nil, errors.New("tcp proxy: no listening socket")
 	}
+	local, err := watchLocal(cfg)
+	if err != nil {
+		return nil, err
+	}
 	ports := make([]*port, 0, len(ms))
 	for _, m := range ms {
 		pt, err := openMapping(m)
@@ -155,17 +194,21 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 			for _, pt := range ports {
 				unix.Close(pt.fd)
 			}
+			closeLocal(local)
 			return nil, err
 		}
 		ports = append(ports, pt)
 	}
-	return newProxy(ports, cfg), nil
+	return newProxy(ports, cfg, local), nil
 }
 
 // NewListener returns a Proxy serving ln's socket and takes ownership of ln
 // (it is closed; the Proxy keeps a duplicate of its socket). An unusable
 // cfg.Backend is not reported here: every connection is then reset and the
 // reason logged (use New, or check the address first, to fail early).
+// Likewise with cfg.Transparent a process without CAP_NET_ADMIN has every
+// connection reset, and when the host's addresses cannot be followed only
+// loopback clients keep the normal source (both logged).
 func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	listen := ln.Addr().(*net.TCPAddr).AddrPort()
 	fd := -1
@@ -175,7 +218,12 @@ func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	ln.Close()
 	// Without a descriptor (EMFILE for the duplicate), Serve fails at its
 	// first accept with EBADF and says so.
-	return newProxy([]*port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg)
+	local, err := watchLocal(cfg)
+	p := newProxy([]*port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg, local)
+	if err != nil {
+		p.log.Warn("transparent relaying is impaired", logging.Err(err))
+	}
+	return p
 }
 
 // openMapping checks m and returns its port, as NewRange and Add take it.
@@ -226,7 +274,7 @@ func dupNonblock(s int) (int, error) {
 	return fd, nil
 }
 
-func newProxy(ports []*port, cfg Config) *Proxy {
+func newProxy(ports []*port, cfg Config, local *sockopt.LocalAddrs) *Proxy {
 	p := &Proxy{
 		ports:       ports,
 		slots:       ports,
@@ -236,6 +284,8 @@ func newProxy(ports []*port, cfg Config) *Proxy {
 		base:        cfg.Logger,
 		keepCnt:     systemKeepCnt() != keepAlive.Count,
 		pp:          cfg.ProxyProtocol,
+		transparent: cfg.Transparent,
+		local:       local,
 	}
 	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {
@@ -475,6 +525,11 @@ func (p *Proxy) beginServe() (*loop, error) {
 	}
 	_, owned := loopCount()
 	l, err := newLoop(p, owned > 0)
+	if err == nil && p.local != nil {
+		if err = l.watchLocal(); err != nil {
+			l.close()
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), err)
 	}
@@ -587,6 +642,7 @@ func (p *Proxy) Close() error {
 	if done != nil {
 		<-done
 	}
+	closeLocal(p.local)
 	return err
 }
 

@@ -909,3 +909,55 @@ func TestNoPipe(t *testing.T) {
 		}
 	})
 }
+
+// TestTransparentLocalClient: with Config.Transparent a client on loopback
+// (one of the host's own addresses, here 127.0.0.2) is relayed from the
+// host's normal source, not from its own address; New and NewRange both
+// take the option. Clients from elsewhere are the end-to-end suite's
+// (e2e/transparent_test.go, in namespaces with the host rules).
+func TestTransparentLocalClient(t *testing.T) {
+	testenv.RequireNetAdmin(t)
+	backend, conns := newHandOver(t)
+	for _, ctor := range []string{"New", "NewRange"} {
+		t.Run(ctor, func(t *testing.T) {
+			ln := loopback(t)
+			f, err := ln.File()
+			ln.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			cfg := Config{Backend: backend, Transparent: true}
+			var p *Proxy
+			if ctor == "New" {
+				p, err = New(f, cfg)
+			} else {
+				p, err = NewRange([]Mapping{{File: f, Backend: backend}}, cfg)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			serve(t, p)
+			// From 127.0.0.2: the normal source toward the backend on
+			// 127.0.0.1 is 127.0.0.1, so the backend tells them apart.
+			c, err := net.DialTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, net.TCPAddrFromAddrPort(addrPort(p.Addr())))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(waitFor))
+			b := accepted(t, conns)
+			client, seen := addrPort(c.LocalAddr()), addrPort(b.RemoteAddr())
+			if seen.Addr() != backend.Addr() {
+				t.Errorf("backend saw %s for the loopback client %s: want the normal source %s", seen, client, backend.Addr())
+			}
+			if _, err := c.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "ping" {
+				t.Errorf("backend read %q, %v; want ping", buf, err)
+			}
+		})
+	}
+}

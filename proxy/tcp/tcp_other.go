@@ -51,6 +51,8 @@ type Proxy struct {
 	acceptLog proxy.RateLimited // accept errors of class Retry
 	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
+	transparent bool // Config.Transparent, which Serve refuses here
+
 	// A dial error of class Retry or AddrExhausted holds the accept loops
 	// until holdUntil (Unix ns; 0 for no hold), the next delay of dialOff.
 	holdUntil atomic.Int64
@@ -107,6 +109,9 @@ func (pt *port) addr() net.Addr {
 // On this platform Close and Shutdown close the proxy's descriptor only:
 // the port stops accepting once the caller has closed f too.
 func New(f *os.File, cfg Config) (*Proxy, error) {
+	if cfg.Transparent {
+		return nil, errors.New(transparentUnsupported)
+	}
 	if f == nil {
 		return nil, errors.New("tcp proxy: nil listening socket")
 	}
@@ -145,6 +150,9 @@ func fileListener(f *os.File) (*net.TCPListener, error) {
 // cfg.Backend is not used. Serve, Close and Shutdown act on every socket at
 // once; Addr is the first mapping's address.
 func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
+	if cfg.Transparent {
+		return nil, errors.New(transparentUnsupported)
+	}
 	if len(ms) == 0 {
 		return nil, errors.New("tcp proxy: no listening socket")
 	}
@@ -182,6 +190,7 @@ func newProxy(ports []*port, cfg Config) *Proxy {
 		cancel:      cancel,
 		stopping:    make(chan struct{}),
 		relays:      make(map[*relay]struct{}),
+		transparent: cfg.Transparent,
 	}
 	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {
@@ -250,6 +259,8 @@ func (p *Proxy) beginServe() error {
 		return fmt.Errorf("serve tcp on %s: %w", p.Addr(), proxy.ErrClosed)
 	case p.serving:
 		return fmt.Errorf("serve tcp on %s: Serve called twice", p.Addr())
+	case p.transparent: // NewListener, which cannot fail
+		return errors.New(transparentUnsupported)
 	}
 	p.serving, p.accepting = true, true
 	for _, pt := range p.ports {
