@@ -16,40 +16,29 @@ import (
 	"github.com/hostproxy/hostproxy/internal/testenv"
 )
 
-// The topology of TestDockerdTransparent: a client namespace linked to the
+// The topology of TestDockerdWrapper: a client namespace linked to the
 // engine's namespace, where dockerd runs with --iptables=false, so that no
 // DNAT exists and every byte from the client goes through the userland
 // proxy.
 //
-//	client 10.78.1.2, 10.78.1.3 ── 10.78.1.1 engine (docker0 10.213.0.1) ── container
+//	client 10.81.1.2, 10.81.1.3 ── 10.81.1.1 engine (docker0 10.213.0.1) ── container
 var (
-	tpClients = []netip.Addr{netip.MustParseAddr("10.78.1.2"), netip.MustParseAddr("10.78.1.3")}
-	tpEngine  = netip.MustParseAddr("10.78.1.1")
+	wrapClients = []netip.Addr{netip.MustParseAddr("10.81.1.2"), netip.MustParseAddr("10.81.1.3")}
+	wrapEngine  = netip.MustParseAddr("10.81.1.1")
 )
 
 const (
-	tpTCPPort = 18180 // → 8080/tcp
-	tpUDPPort = 18153 // → 53/udp
+	wrapTCPPort = 18180 // → 8080/tcp
+	wrapUDPPort = 18153 // → 53/udp
 )
 
-// tproxyRules are the host rules every transparent proxy needs, as
-// docs/client-address.md gives them: a packet that belongs to a transparent
-// socket is marked, and marked packets are delivered locally.
-const tproxyRules = `table inet hpe2e_tproxy {
-	chain prerouting {
-		type filter hook prerouting priority mangle; policy accept;
-		meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x1
-	}
-}
-`
-
-// TestDockerdTransparent: a real dockerd 20.10 whose --userland-proxy-path
-// is the one-line wrapper docs/client-address.md gives (exec hostproxy
+// TestDockerdWrapper: a real dockerd 20.10 whose --userland-proxy-path is
+// the one-line wrapper docs/client-address.md gives (exec hostproxy
 // -transparent "$@"). Two clients in another namespace reach a published
 // TCP and UDP port at once, and the container sees each client's own
 // address; a connection made on the engine's host itself still works and
 // keeps the host's source.
-func TestDockerdTransparent(t *testing.T) {
+func TestDockerdWrapper(t *testing.T) {
 	if os.Getenv("HOSTPROXY_E2E_SKIP_DOCKERD") == "1" {
 		t.Skip("HOSTPROXY_E2E_SKIP_DOCKERD=1")
 	}
@@ -68,28 +57,26 @@ func TestDockerdTransparent(t *testing.T) {
 	}
 
 	e := startEngine(t, wrapper, "--iptables=false")
-	client := newNetns(t, "tpclient")
-	command(t, nil, "ip", "link", "add", "hp-tc", "netns", client.name, "type", "veth", "peer", "name", "hp-te", "netns", e.ns.name)
-	for _, a := range tpClients {
-		command(t, nil, "ip", "-n", client.name, "addr", "add", a.String()+"/24", "dev", "hp-tc")
+	client := newNetns(t, "wrapcl")
+	command(t, nil, "ip", "link", "add", "hp-wc", "netns", client.name, "type", "veth", "peer", "name", "hp-we", "netns", e.ns.name)
+	for _, a := range wrapClients {
+		command(t, nil, "ip", "-n", client.name, "addr", "add", a.String()+"/24", "dev", "hp-wc")
 	}
-	command(t, nil, "ip", "-n", client.name, "link", "set", "hp-tc", "up")
-	command(t, nil, "ip", "-n", client.name, "route", "add", "default", "via", tpEngine.String())
-	command(t, nil, "ip", "-n", e.ns.name, "addr", "add", tpEngine.String()+"/24", "dev", "hp-te")
-	command(t, nil, "ip", "-n", e.ns.name, "link", "set", "hp-te", "up")
-	e.ns.exec(t, strings.NewReader(tproxyRules), "nft", "-f", "-")
-	command(t, nil, "ip", "-n", e.ns.name, "rule", "add", "fwmark", "0x1", "lookup", "100")
-	command(t, nil, "ip", "-n", e.ns.name, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+	command(t, nil, "ip", "-n", client.name, "link", "set", "hp-wc", "up")
+	command(t, nil, "ip", "-n", client.name, "route", "add", "default", "via", wrapEngine.String())
+	command(t, nil, "ip", "-n", e.ns.name, "addr", "add", wrapEngine.String()+"/24", "dev", "hp-we")
+	command(t, nil, "ip", "-n", e.ns.name, "link", "set", "hp-we", "up")
+	tpRules(t, e.ns) // gone with the engine's namespace
 
 	e.docker(t, "import", image, "hpe2e-echo:latest")
 	id := e.docker(t, "run", "-d",
-		"-p", fmt.Sprintf("%d:8080", tpTCPPort),
-		"-p", fmt.Sprintf("%d:53/udp", tpUDPPort),
+		"-p", fmt.Sprintf("%d:8080", wrapTCPPort),
+		"-p", fmt.Sprintf("%d:53/udp", wrapUDPPort),
 		"hpe2e-echo:latest", "/echoserver", "-tcp", "8080")
 	t.Cleanup(func() { e.tryDocker("rm", "-f", id) })
 
-	tcp := netip.AddrPortFrom(tpEngine, tpTCPPort)
-	udp := netip.AddrPortFrom(tpEngine, tpUDPPort)
+	tcp := netip.AddrPortFrom(wrapEngine, wrapTCPPort)
+	udp := netip.AddrPortFrom(wrapEngine, wrapUDPPort)
 	// dockerd reports the container running before its proxies have bound:
 	// wait until the published TCP port answers.
 	waitFor(t, 20*time.Second, "the published port "+tcp.String()+" to answer", func() bool {
@@ -103,7 +90,7 @@ func TestDockerdTransparent(t *testing.T) {
 
 	// Both clients at once, TCP and UDP each.
 	var wg sync.WaitGroup
-	for _, src := range tpClients {
+	for _, src := range wrapClients {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
@@ -144,7 +131,7 @@ func TestDockerdTransparent(t *testing.T) {
 	// From the engine's host itself: the host's normal source, the bridge.
 	lo := netip.MustParseAddr("127.0.0.1")
 	bridge := netip.MustParseAddr(dockerBridge)
-	c, err := e.ns.dialTCP(netip.AddrPortFrom(lo, tpTCPPort), 5*time.Second)
+	c, err := e.ns.dialTCP(netip.AddrPortFrom(lo, wrapTCPPort), 5*time.Second)
 	if err != nil {
 		t.Fatalf("tcp from the engine's host: %v", err)
 	}
@@ -153,7 +140,7 @@ func TestDockerdTransparent(t *testing.T) {
 	} else if peer.Addr() != bridge {
 		t.Errorf("tcp from the engine's host: container saw %s, want the bridge %s", peer, bridge)
 	}
-	checkUDP(t, e.ns, netip.AddrPortFrom(lo, tpUDPPort), bridge, "udp from the engine's host")
+	checkUDP(t, e.ns, netip.AddrPortFrom(lo, wrapUDPPort), bridge, "udp from the engine's host")
 
 	e.docker(t, "rm", "-f", id)
 	waitFor(t, 20*time.Second, "every hostproxy process to exit after docker rm -f", func() bool {
