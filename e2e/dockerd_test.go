@@ -138,8 +138,8 @@ func (e *engine) logTail() string {
 
 // startEngine starts dockerd in a network namespace of its own (so docker0
 // and its iptables rules never touch the host), with every directory under
-// a temporary one, and waits until it answers.
-func startEngine(t *testing.T, userlandProxy string) *engine {
+// a temporary one, and waits until it answers. extra are more dockerd flags.
+func startEngine(t *testing.T, userlandProxy string, extra ...string) *engine {
 	t.Helper()
 	ns := newNetns(t, "dockerd")
 	runDirs := preexisting("/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd")
@@ -172,6 +172,7 @@ func startEngine(t *testing.T, userlandProxy string) *engine {
 		"--cgroup-parent", "/"+e.cgroup,
 		"--userland-proxy-path", userlandProxy,
 	)
+	e.cmd.Args = append(e.cmd.Args, extra...)
 	e.cmd.Stdout, e.cmd.Stderr = log, log
 	if err := e.cmd.Start(); err != nil {
 		log.Close()
