@@ -326,9 +326,10 @@ func TestTransparentTCP(t *testing.T) {
 			}
 		}
 
-		// An address added to the host after start (hostproxy follows the
-		// changes, under its seccomp filter) is the host's too: a
-		// connection from it keeps the normal source.
+		// An address added to the host after start is the host's too: a
+		// connection from it keeps the normal source (the client's socket
+		// holds its port, and the probe after EADDRINUSE, under the
+		// seccomp filter, finds the address local).
 		added := netip.MustParseAddr("10.78.3.1")
 		host.exec(t, nil, "ip", "addr", "add", added.String()+"/32", "dev", "lo")
 		var last netip.AddrPort

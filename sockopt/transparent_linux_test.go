@@ -106,6 +106,31 @@ func TestBindTransparent(t *testing.T) {
 	}
 }
 
+// TestBindTransparentAllocs: the bind of the common case allocates
+// nothing, for TCP and UDP.
+func TestBindTransparentAllocs(t *testing.T) {
+	testenv.RequireNetAdmin(t)
+	for _, typ := range []int{unix.SOCK_STREAM, unix.SOCK_DGRAM} {
+		var sa [unix.SizeofSockaddrInet6]byte
+		port := uint16(40100)
+		n := testing.AllocsPerRun(50, func() {
+			port++
+			fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				panic(err)
+			}
+			n := sockopt.PutSockaddr(sa[:], false, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, 78}), port), 0)
+			if b, err := sockopt.BindTransparent(fd, &sa, n); err != nil || b != sockopt.BoundClientPort {
+				panic(err)
+			}
+			unix.Close(fd)
+		})
+		if n != 0 {
+			t.Errorf("socket type %d: %v allocations per bind, want 0", typ, n)
+		}
+	}
+}
+
 // TestBindTransparentFails: an error names the address and wraps the
 // cause.
 func TestBindTransparentFails(t *testing.T) {
