@@ -183,6 +183,8 @@ func (pt *port) learnBackend(known map[netip.Addr]sockopt.TransparentBackend) er
 		}
 		var err error
 		if tb, err = sockopt.LearnBackend(pt.backend, scope); err != nil {
+			// For NewListener, which goes on: each bind fails and says why.
+			pt.tb, pt.tpSource = tb, true
 			return fmt.Errorf("tcp proxy on %s: transparent: %w", pt.listen, err)
 		}
 		known[pt.backend.Addr()] = tb
@@ -251,7 +253,6 @@ func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	err := learnBackends([]*port{pt}, cfg)
 	p := newProxy([]*port{pt}, cfg)
 	if err != nil {
-		pt.tpSource = true // each bind fails and says why
 		p.log.Warn("transparent relaying is impaired", logging.Err(err))
 	}
 	return p
