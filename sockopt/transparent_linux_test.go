@@ -3,6 +3,7 @@ package sockopt_test
 import (
 	"errors"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -186,4 +187,38 @@ func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	}
 	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+// TestLearnBackendNeedsCapability: without CAP_NET_ADMIN and CAP_NET_RAW
+// (dropped from the effective set of one thread, capabilities being per
+// thread) LearnBackend fails for either family, and CheckTransparent too,
+// with ErrNoNetAdmin and the EPERM.
+func TestLearnBackendNeedsCapability(t *testing.T) {
+	testenv.RequireRoot(t)
+	errc := make(chan []error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			errc <- []error{err}
+			return
+		}
+		data[0].Effective &^= 1<<unix.CAP_NET_ADMIN | 1<<unix.CAP_NET_RAW
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			errc <- []error{err}
+			return
+		}
+		var errs []error
+		for _, b := range []string{"192.0.2.77:80", "[2001:db8::77]:80"} {
+			_, err := sockopt.LearnBackend(netip.MustParseAddrPort(b), 0)
+			errs = append(errs, err)
+		}
+		errc <- append(errs, sockopt.CheckTransparent())
+	}()
+	for i, err := range <-errc {
+		if !errors.Is(err, sockopt.ErrNoNetAdmin) || !errors.Is(err, unix.EPERM) {
+			t.Errorf("check %d without the capabilities: %v; want ErrNoNetAdmin and EPERM", i, err)
+		}
+	}
 }
