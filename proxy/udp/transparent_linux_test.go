@@ -654,6 +654,9 @@ func TestTransparentWithoutRules(t *testing.T) {
 					t.Errorf("the container saw %v, want [%s]", s, me)
 				}
 			}
+			// The relay counts a datagram after its send returns, which
+			// may be after the forwarded reply reached the client.
+			waitFor(t, 5*time.Second, "the relay to count its datagram to the backend", func() bool { return p.Stats().ToBackend >= 1 })
 			if st := p.Stats(); st.ToBackend != 1 || st.ToClient != 0 {
 				t.Errorf("relay sent %d to the backend and %d to the client, want 1 and 0", st.ToBackend, st.ToClient)
 			}
