@@ -23,11 +23,14 @@ import (
 // The -transparent topology, inside namespaces the test creates, with no
 // DNAT anywhere: only hostproxy carries the client's traffic.
 //
-//	client 10.78.1.2 fd78:1::2 ── 10.78.1.1 fd78:1::1 host 10.78.2.1 fd78:2::1 ── 10.78.2.2 fd78:2::2 container
+//	client 10.78.1.2 fd78:1::2 ── 10.78.1.1 fd78:1::1 host 10.78.2.1 fd78:2::1 ─┬─ 10.78.2.2 fd78:2::2 container
+//	                                                         (bridge tp-br)     └─ 10.78.2.3 fd78:2::3 neighbour (tpAddNeighbour)
 //
 // The host forwards (as a container host does), and the container routes
 // through it, so that a reply to the client's address comes back to the
-// host, where the rules deliver it to hostproxy's socket.
+// host, where the rules deliver it to hostproxy's socket. The host's
+// address toward the container is on a bridge, as docker0, which another
+// container, the neighbour, may join.
 var (
 	tpClient     = netip.MustParseAddr("10.78.1.2")
 	tpHostOut    = netip.MustParseAddr("10.78.1.1")
@@ -37,6 +40,8 @@ var (
 	tpHostOut6   = netip.MustParseAddr("fd78:1::1")
 	tpHostIn6    = netip.MustParseAddr("fd78:2::1")
 	tpContainer6 = netip.MustParseAddr("fd78:2::2")
+	tpNeighbour  = netip.MustParseAddr("10.78.2.3")
+	tpNeighbour6 = netip.MustParseAddr("fd78:2::3")
 )
 
 const tpEchoPort = 8080 // the container's TCP echo port
@@ -47,6 +52,9 @@ func tpTopology(t *testing.T) (client, host, container netns) {
 	client, host, container = newNetns(t, "tpcl"), newNetns(t, "tphost"), newNetns(t, "tpctr")
 	command(t, nil, "ip", "link", "add", "tp-c", "netns", client.name, "type", "veth", "peer", "name", "tp-h0", "netns", host.name)
 	command(t, nil, "ip", "link", "add", "tp-k", "netns", container.name, "type", "veth", "peer", "name", "tp-h1", "netns", host.name)
+	host.exec(t, nil, "ip", "link", "add", "tp-br", "type", "bridge")
+	host.exec(t, nil, "ip", "link", "set", "tp-h1", "master", "tp-br")
+	host.exec(t, nil, "ip", "link", "set", "tp-h1", "up")
 	for _, l := range []struct {
 		ns        netns
 		dev       string
@@ -56,7 +64,7 @@ func tpTopology(t *testing.T) (client, host, container netns) {
 	}{
 		{client, "tp-c", tpClient, tpClient6, tpHostOut, tpHostOut6},
 		{host, "tp-h0", tpHostOut, tpHostOut6, netip.Addr{}, netip.Addr{}},
-		{host, "tp-h1", tpHostIn, tpHostIn6, netip.Addr{}, netip.Addr{}},
+		{host, "tp-br", tpHostIn, tpHostIn6, netip.Addr{}, netip.Addr{}},
 		{container, "tp-k", tpContainer, tpContainer6, tpHostIn, tpHostIn6},
 	} {
 		command(t, nil, "ip", "-n", l.ns.name, "addr", "add", l.addr.String()+"/24", "dev", l.dev)
@@ -80,6 +88,25 @@ func tpTopology(t *testing.T) (client, host, container netns) {
 		})
 	}
 	return client, host, container
+}
+
+// tpAddNeighbour adds to tpTopology's bridge another container, the
+// neighbour, and returns its namespace.
+func tpAddNeighbour(t *testing.T, host netns) netns {
+	t.Helper()
+	nb := newNetns(t, "tpnb")
+	command(t, nil, "ip", "link", "add", "tp-n", "netns", nb.name, "type", "veth", "peer", "name", "tp-h2", "netns", host.name)
+	host.exec(t, nil, "ip", "link", "set", "tp-h2", "master", "tp-br")
+	host.exec(t, nil, "ip", "link", "set", "tp-h2", "up")
+	nb.exec(t, nil, "ip", "addr", "add", tpNeighbour.String()+"/24", "dev", "tp-n")
+	nb.exec(t, nil, "ip", "addr", "add", tpNeighbour6.String()+"/64", "dev", "tp-n", "nodad")
+	nb.exec(t, nil, "ip", "link", "set", "tp-n", "up")
+	nb.exec(t, nil, "ip", "route", "add", "default", "via", tpHostIn.String())
+	nb.exec(t, nil, "ip", "-6", "route", "add", "default", "via", tpHostIn6.String())
+	waitFor(t, 10*time.Second, "IPv6 addresses in "+nb.name+" to leave the tentative state", func() bool {
+		return strings.TrimSpace(nb.exec(t, nil, "ip", "-6", "addr", "show", "tentative")) == ""
+	})
+	return nb
 }
 
 // tpRules installs the host rules of docs/client-address.md in host and
@@ -207,8 +234,10 @@ func clientsAtOnce(t *testing.T, ns netns, addr netip.AddrPort, n int) {
 // address and port (IPv4, IPv6, and IPv4 clients of a dual-stack socket,
 // IPv4-mapped there); a client whose port is taken on the
 // host keeps its address with another port; the host itself still gets
-// through with its normal source; an IPv6 client of an IPv4 backend falls
-// back to the host's source, logged once. Without the rules the
+// through with its normal source, also from an address added after start;
+// so do the container's neighbour on its bridge and every client of a
+// backend on the host (logged once); an IPv6 client of an IPv4 backend
+// falls back to the host's source, logged once. Without the rules the
 // documented failure happens: the backend's SYN-ACK is not delivered to
 // hostproxy, the dial times out and the client is reset.
 func TestTransparentTCP(t *testing.T) {
@@ -220,7 +249,10 @@ func TestTransparentTCP(t *testing.T) {
 	echoserver := echoserverBin(t)
 
 	client, host, container := tpTopology(t)
+	neighbour := tpAddNeighbour(t, host)
 	startEcho(t, container, echoserver, "-tcp", strconv.Itoa(tpEchoPort), "-udp", "53")
+	const hostEchoPort = 8081 // an echo server on the host itself
+	startEcho(t, host, echoserver, "-ip", tpHostIn.String(), "-tcp", strconv.Itoa(hostEchoPort), "-udp", "5301")
 	removeRules := tpRules(t, host)
 
 	const dialTimeout = "1s"
@@ -264,12 +296,14 @@ func TestTransparentTCP(t *testing.T) {
 		v4 := netip.AddrPortFrom(tpHostOut, 8200)
 		v6 := netip.AddrPortFrom(tpHostOut6, 8200)
 		mixed := netip.AddrPortFrom(tpHostOut6, 8201) // IPv6 clients, IPv4 container
+		onHost := netip.AddrPortFrom(tpHostOut, 8202) // a backend on the host
 		backend4 := netip.AddrPortFrom(tpContainer, tpEchoPort)
 		backend6 := netip.AddrPortFrom(tpContainer6, tpEchoPort)
 		p := spawnTransparent(t, host, hostproxy, nil, "-transparent", "-dial-timeout", dialTimeout,
 			"-L", fmt.Sprintf("%s:%s", v4, backend4),
 			"-L", fmt.Sprintf("%s:%s", v6, backend6),
-			"-L", fmt.Sprintf("%s:%s", mixed, backend4))
+			"-L", fmt.Sprintf("%s:%s", mixed, backend4),
+			"-L", fmt.Sprintf("%s:%s", onHost, netip.AddrPortFrom(tpHostIn, hostEchoPort)))
 		viaL = v4
 
 		clientsAtOnce(t, client, v4, 8)
@@ -292,9 +326,10 @@ func TestTransparentTCP(t *testing.T) {
 			}
 		}
 
-		// An address added to the host after start (hostproxy follows the
-		// changes, under its seccomp filter) is the host's too: a
-		// connection from it keeps the normal source.
+		// An address added to the host after start is the host's too: a
+		// connection from it keeps the normal source (the client's socket
+		// holds its port, and the probe after EADDRINUSE, under the
+		// seccomp filter, finds the address local).
 		added := netip.MustParseAddr("10.78.3.1")
 		host.exec(t, nil, "ip", "addr", "add", added.String()+"/32", "dev", "lo")
 		var last netip.AddrPort
@@ -341,6 +376,42 @@ func TestTransparentTCP(t *testing.T) {
 			t.Errorf("client from port %d: %v", busyPort, err)
 		} else if peer.Addr() != tpClient || peer.Port() == uint16(busyPort) {
 			t.Errorf("client from %s:%d whose port is bound on the host: container saw %s, want %s with another port", tpClient, busyPort, peer, tpClient)
+		}
+
+		// The container's neighbour on its bridge keeps the host's
+		// source: from the client's address the container would answer it
+		// directly, over the bridge, from an address it never wrote to.
+		for _, tc := range []struct {
+			front netip.AddrPort
+			want  netip.Addr
+		}{{v4, tpHostIn}, {v6, tpHostIn6}} {
+			c, err := neighbour.dialTCP(tc.front, 5*time.Second)
+			if err != nil {
+				t.Fatalf("neighbour dial %s: %v", tc.front, err)
+			}
+			if peer, err := roundTripTCP(c, "from the neighbour\n"); err != nil {
+				t.Errorf("neighbour to %s: %v", tc.front, err)
+			} else if peer.Addr() != tc.want {
+				t.Errorf("neighbour to %s: container saw %s, want the host's normal source %s", tc.front, peer, tc.want)
+			}
+		}
+
+		// A backend on the host sees the host's source for every client:
+		// its replies to the client's address would be routed out, not
+		// brought back to hostproxy. Said once, at start.
+		for range 2 {
+			c, err := client.dialTCP(onHost, 5*time.Second)
+			if err != nil {
+				t.Fatalf("client dial %s: %v", onHost, err)
+			}
+			if peer, err := roundTripTCP(c, "to the host\n"); err != nil {
+				t.Errorf("client to %s (backend on the host): %v", onHost, err)
+			} else if peer.Addr() != tpHostIn {
+				t.Errorf("client to %s (backend on the host): backend saw %s, want the host's %s", onHost, peer, tpHostIn)
+			}
+		}
+		if n := strings.Count(p.stderr.String(), "one of the host's own addresses"); n != 1 {
+			t.Errorf("the backend on the host was logged %d times, want once; stderr:\n%s", n, p.stderr.String())
 		}
 
 		// IPv6 clients of an IPv4 container: the host's source, one log

@@ -3,6 +3,7 @@ package sockopt
 import (
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"unsafe"
@@ -10,78 +11,212 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ClientSource decides where a transparent connection to a backend of the
-// IPv6 family (backendV6) or IPv4 leaves from for the client whose sockaddr
-// accept(2) or recvmsg(2) filled into client. When the answer is
-// SourceClient it writes into sa the sockaddr to bind, of the backend's
-// family, and returns its length: an IPv4-mapped client becomes a plain
-// IPv4 one, an IPv6 one keeps its scope id. It makes no system call and
-// allocates nothing.
-func ClientSource(sa *[unix.SizeofSockaddrInet6]byte, client []byte, backendV6 bool, local *LocalAddrs) (uint32, Source) {
-	ap, scope, ok := ParseSockaddr(client)
-	if !ok {
-		return 0, SourceOtherFamily
+// ClientSource is b.Source for the client at ap (scope is its IPv6 scope
+// id) that wrote to dst; when the answer is SourceClient it also writes
+// into sa the sockaddr to bind, of the backend's family, and returns its
+// length: an IPv4-mapped client becomes a plain IPv4 one. It makes no
+// system call and allocates nothing.
+func (b *TransparentBackend) ClientSource(sa *[unix.SizeofSockaddrInet6]byte, ap netip.AddrPort, scope uint32, dst netip.Addr) (uint32, Source) {
+	src := b.Source(ap.Addr(), dst)
+	if src != SourceClient {
+		return 0, src
 	}
-	a := ap.Addr().Unmap()
-	if IsLocal(a, local) {
-		return 0, SourceLocal
-	}
-	if a.Is6() != backendV6 {
-		return 0, SourceOtherFamily
-	}
-	if !a.Is6() {
+	if !b.V6 {
 		scope = 0
 	}
-	return PutSockaddr(sa[:], backendV6, netip.AddrPortFrom(a, ap.Port()), scope), SourceClient
+	return PutSockaddr(sa[:], b.V6, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), scope), SourceClient
 }
 
 // BindTransparent sets IP_TRANSPARENT (IPV6_TRANSPARENT for an AF_INET6
-// sa) on fd, a socket of sa's family not yet bound, and binds it to sa, an
-// address that need not be the host's. When sa's port is taken
-// (EADDRINUSE: the client's port is in use toward a backend, or bound on
-// the host) it binds the same address with port 0 instead and reports
-// portKept false. It allocates nothing unless it fails.
-func BindTransparent(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32) (portKept bool, err error) {
-	level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-	if binary.NativeEndian.Uint16(sa[:]) == unix.AF_INET6 {
-		level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+// sa) on fd, a TCP or UDP socket of sa's family not yet bound, and binds
+// it to sa, an address that need not be the host's: two system calls.
+//
+// When sa's port is taken (EADDRINUSE) it is by another connection or flow
+// of the client here, or by the client itself, a process of the host
+// whose socket holds its port. A bind of sa's address with port 0 without
+// IP_TRANSPARENT, which succeeds only for a host address, tells the two
+// apart: for the host's own client it reports BoundHostClient, otherwise it
+// binds sa's address, transparent, with a port the kernel picks
+// (BoundOtherPort). Only then are the extra system calls made. With
+// net.ipv4.ip_nonlocal_bind (or its IPv6 twin) set, that probe takes every
+// client whose port is taken for the host's own, which keeps the host's
+// source.
+//
+// sa is left as it was. It allocates nothing unless it fails.
+func BindTransparent(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32) (Bound, error) {
+	level, opt := transparentOpt(binary.NativeEndian.Uint16(sa[:]) == unix.AF_INET6)
+	if err := setTransparent(fd, level, opt, 1); err != nil {
+		return 0, err
 	}
-	one := int32(1)
-	if _, _, errno := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&one)), 4, 0); errno != 0 {
-		return false, os.NewSyscallError("setsockopt IP_TRANSPARENT", errno)
-	}
-	_, _, errno := unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(n))
+	errno := bind(fd, sa, n)
 	if errno == 0 {
-		return true, nil
+		return BoundClientPort, nil
 	}
 	if errno != unix.EADDRINUSE {
-		return false, os.NewSyscallError("bind", errno)
+		return 0, bindError(sa, n, errno)
 	}
 	port := [2]byte{sa[2], sa[3]}
 	sa[2], sa[3] = 0, 0
-	_, _, errno = unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(n))
-	sa[2], sa[3] = port[0], port[1]
-	if errno != 0 {
-		return false, os.NewSyscallError("bind", errno)
+	defer func() { sa[2], sa[3] = port[0], port[1] }()
+	if err := setTransparent(fd, level, opt, 0); err != nil {
+		return 0, err
 	}
-	return false, nil
+	switch errno = bind(fd, sa, n); errno {
+	case 0:
+		return BoundHostClient, nil
+	case unix.EADDRNOTAVAIL:
+	default:
+		return 0, bindError(sa, n, errno)
+	}
+	if err := setTransparent(fd, level, opt, 1); err != nil {
+		return 0, err
+	}
+	if errno = bind(fd, sa, n); errno != 0 {
+		return 0, bindError(sa, n, errno)
+	}
+	return BoundOtherPort, nil
 }
 
-// CheckTransparent reports whether this process may make sockets
-// transparent: it sets IP_TRANSPARENT on a scratch TCP socket. Without
-// CAP_NET_ADMIN the error wraps ErrNoNetAdmin.
-func CheckTransparent() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+func transparentOpt(v6 bool) (level, opt int) {
+	if v6 {
+		return unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+	}
+	return unix.SOL_IP, unix.IP_TRANSPARENT
+}
+
+func setTransparent(fd, level, opt int, v int32) error {
+	_, _, errno := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v)), 4, 0)
+	if errno == 0 {
+		return nil
+	}
+	name := "IP_TRANSPARENT"
+	if level == unix.SOL_IPV6 {
+		name = "IPV6_TRANSPARENT"
+	}
+	return os.NewSyscallError("setsockopt "+name, errno)
+}
+
+func bind(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32) unix.Errno {
+	_, _, errno := unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(n))
+	return errno
+}
+
+func bindError(sa *[unix.SizeofSockaddrInet6]byte, n uint32, errno unix.Errno) error {
+	ap, _, _ := ParseSockaddr(sa[:n])
+	return fmt.Errorf("bind %s (transparent): %w", ap, os.NewSyscallError("bind", errno))
+}
+
+// CheckTransparent reports whether this process may make IPv4 sockets
+// transparent. Without CAP_NET_ADMIN the error wraps ErrNoNetAdmin.
+func CheckTransparent() error { return checkTransparent(false) }
+
+// checkTransparent sets IP_TRANSPARENT, or IPV6_TRANSPARENT when v6, on a
+// scratch socket.
+func checkTransparent(v6 bool) error {
+	family := unix.AF_INET
+	if v6 {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("check IP_TRANSPARENT: %w", os.NewSyscallError("socket", err))
 	}
 	defer unix.Close(fd)
-	err = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-	switch err {
-	case nil:
-		return nil
-	case unix.EPERM:
-		return fmt.Errorf("%w (setsockopt: %w)", ErrNoNetAdmin, err)
+	level, opt := transparentOpt(v6)
+	err = setTransparent(fd, level, opt, 1)
+	if errno, ok := unwrapErrno(err); ok && errno == unix.EPERM {
+		return fmt.Errorf("%w (%w)", ErrNoNetAdmin, err)
 	}
-	return fmt.Errorf("check IP_TRANSPARENT: %w", os.NewSyscallError("setsockopt", err))
+	if err != nil {
+		return fmt.Errorf("check IP_TRANSPARENT: %w", err)
+	}
+	return nil
+}
+
+func unwrapErrno(err error) (unix.Errno, bool) {
+	if se, ok := err.(*os.SyscallError); ok {
+		errno, ok := se.Err.(unix.Errno)
+		return errno, ok
+	}
+	return 0, false
+}
+
+// LearnBackend checks that the process may make sockets of backend's
+// family transparent (the error wraps ErrNoNetAdmin when it may not) and
+// learns what TransparentBackend holds about backend (unmapped; scope is
+// its IPv6 scope id): whether a socket binds its address without
+// IP_TRANSPARENT (a host address: Local), else the prefix of the address a
+// socket connected to it leaves from, as the host's interfaces have it
+// (Link; the zero Prefix when it cannot be told, or is loopback).
+func LearnBackend(backend netip.AddrPort, scope uint32) (TransparentBackend, error) {
+	a := backend.Addr().Unmap()
+	b := TransparentBackend{V6: a.Is6()}
+	if err := checkTransparent(b.V6); err != nil {
+		return b, err
+	}
+	family := unix.AF_INET
+	if b.V6 {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return b, fmt.Errorf("learn backend %s: %w", backend, os.NewSyscallError("socket", err))
+	}
+	defer unix.Close(fd)
+	var sa [unix.SizeofSockaddrInet6]byte
+	if bind(fd, &sa, PutSockaddr(sa[:], b.V6, netip.AddrPortFrom(a, 0), scope)) == 0 {
+		b.Local = true
+		return b, nil
+	}
+	port := backend.Port()
+	if port == 0 {
+		port = 9 // connect(2) of UDP sends nothing; any port finds the route
+	}
+	if unix.Connect(fd, sockaddrOf(netip.AddrPortFrom(a, port), scope)) != nil {
+		return b, nil
+	}
+	var src netip.Addr
+	switch sa := sockname(fd).(type) {
+	case *unix.SockaddrInet4:
+		src = netip.AddrFrom4(sa.Addr)
+	case *unix.SockaddrInet6:
+		src = netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	if !src.IsValid() || src.IsLoopback() {
+		return b, nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return b, nil
+	}
+	for _, ifa := range addrs {
+		ipn, ok := ifa.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(ipn.IP); !ok || ip.Unmap() != src {
+			continue
+		}
+		ones, _ := ipn.Mask.Size()
+		if src.Is4() && len(ipn.Mask) == net.IPv6len {
+			ones -= 96
+		}
+		if pfx, err := src.Prefix(ones); err == nil {
+			b.Link = pfx
+		}
+		break
+	}
+	return b, nil
+}
+
+func sockaddrOf(ap netip.AddrPort, scope uint32) unix.Sockaddr {
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), ZoneId: scope, Addr: ap.Addr().As16()}
+}
+
+func sockname(fd int) unix.Sockaddr {
+	sa, _ := unix.Getsockname(fd)
+	return sa
 }

@@ -266,28 +266,6 @@ func (l *loop) close() {
 
 var wakeOne = [8]byte{1} // a non-zero eventfd increment in either byte order
 
-// wakeLocalAddrs is the Fd of the evWake event that says the host's
-// addresses changed (Config.Transparent); the loop's eventfd has 0.
-const wakeLocalAddrs = 1
-
-// watchLocal adds the descriptor of the host's address changes to the
-// loop's epoll set, for the first loop of a transparent proxy: it keeps
-// Proxy.local current (updateLocal) without a goroutine of its own.
-func (l *loop) watchLocal() error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeLocalAddrs, Pad: evWake}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.p.local.Fd(), &ev); err != nil {
-		return os.NewSyscallError("epoll_ctl", err)
-	}
-	return nil
-}
-
-// updateLocal reads the host's addresses again after a change.
-func (l *loop) updateLocal() {
-	if _, err := l.p.local.Update(); err != nil {
-		l.p.log.Warn("transparent: cannot read the host's addresses again; using the previous ones", logging.Err(err))
-	}
-}
-
 // wake makes the loop look at the proxy's state. Proxy.mu must be held, so
 // that the loop's descriptors are still open.
 func (l *loop) wake() { unix.Write(l.wakefd, wakeOne[:]) }
@@ -364,14 +342,10 @@ func (l *loop) dispatch(n int) bool {
 		ev := &l.events[i]
 		switch kind := ev.Pad & 3; kind {
 		case evWake:
-			if ev.Fd == wakeLocalAddrs {
-				l.updateLocal()
-			} else {
-				var b [8]byte
-				unix.Read(l.wakefd, b[:])
-				if l.sweep.Load() {
-					l.sweepRemoved()
-				}
+			var b [8]byte
+			unix.Read(l.wakefd, b[:])
+			if l.sweep.Load() {
+				l.sweepRemoved()
 			}
 			again = true
 		case evListener:
@@ -710,10 +684,12 @@ func (l *loop) open(pt *port, fd int) {
 	}
 	bfd := int(r)
 	c.fd[sideBackend] = int32(bfd)
-	setBackendOptions(bfd, p.keepCnt)
-	if p.transparent && !l.bindSource(c, idx, pt, bfd) {
-		return
+	if p.transparent && pt.tpSource {
+		if bfd = l.bindSource(c, idx, pt, bfd); bfd < 0 {
+			return
+		}
 	}
+	setBackendOptions(bfd, p.keepCnt)
 	_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
 	switch errno {
 	case 0, unix.EINPROGRESS:
@@ -744,35 +720,51 @@ func (l *loop) open(pt *port, fd int) {
 
 // bindSource binds the backend socket bfd of c to the client's address
 // (Config.Transparent), whose sockaddr accept left in l.peer, and its port
-// where free; a local client, or one of another family than the backend,
-// keeps the normal source. It reports false when the bind failed: the dial
-// has then failed and c is reset.
-func (l *loop) bindSource(c *conn, idx int32, pt *port, bfd int) bool {
+// where free, when sockopt's contract says the connection leaves from
+// there (pt.tb.ClientSource, with the address pt listens on, when not a
+// wildcard, as the address the client wrote to; sockopt.BindTransparent).
+// It returns the socket to connect: bfd, or for a client found to be one of
+// the host's own addresses a new socket, which keeps the host's normal
+// source. A client of another family than the backend is logged once. It
+// returns -1 when the bind failed: the dial has then failed and c is
+// reset. It allocates nothing unless it logs or fails.
+func (l *loop) bindSource(c *conn, idx int32, pt *port, bfd int) int {
 	p := l.p
-	n, src := sockopt.ClientSource(&l.src, l.peer[:l.peerLen], pt.family == unix.AF_INET6, p.local)
+	peer, scope, _ := sockopt.ParseSockaddr(l.peer[:l.peerLen])
+	n, src := pt.tb.ClientSource(&l.src, peer, scope, pt.listen.Addr())
 	switch src {
-	case sockopt.SourceLocal:
-		return true
+	case sockopt.SourceHost:
+		return bfd
 	case sockopt.SourceOtherFamily:
 		if !p.otherFamily.Swap(true) {
-			peer, _, _ := sockopt.ParseSockaddr(l.peer[:l.peerLen])
 			p.logFor(pt).Warn("transparent: a client of another address family than the backend keeps the host's source address (logged once)",
 				logging.AddrPort("client", peer))
 		}
-		return true
+		return bfd
 	}
-	kept, err := sockopt.BindTransparent(bfd, &l.src, n)
+	bound, err := sockopt.BindTransparent(bfd, &l.src, n)
 	if err != nil {
-		peer, _, _ := sockopt.ParseSockaddr(l.src[:n])
-		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(peer), Addr: net.TCPAddrFromAddrPort(pt.backend), Err: err})
-		return false
+		from, _, _ := sockopt.ParseSockaddr(l.src[:n])
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(from), Addr: net.TCPAddrFromAddrPort(pt.backend), Err: err})
+		return -1
 	}
-	if !kept && p.log.Enabled(zapcore.DebugLevel) {
-		peer, _, _ := sockopt.ParseSockaddr(l.src[:n])
-		p.logFor(pt).Debug("transparent: the client's port is taken; the backend connection leaves from another port of its address",
-			logging.AddrPort("client", peer))
+	switch bound {
+	case sockopt.BoundHostClient:
+		r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(pt.family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if errno != 0 {
+			l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", errno)})
+			return -1
+		}
+		unix.Close(bfd)
+		bfd = int(r)
+		c.fd[sideBackend] = int32(bfd)
+	case sockopt.BoundOtherPort:
+		if p.log.Enabled(zapcore.DebugLevel) {
+			p.logFor(pt).Debug("transparent: the client's port is taken; the backend connection leaves from another port of its address",
+				logging.AddrPort("client", peer))
+		}
 	}
-	return true
+	return bfd
 }
 
 // setBackendOptions gives a backend socket what the listening sockets give

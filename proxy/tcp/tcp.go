@@ -90,9 +90,11 @@ type Config struct {
 	// Transparent connects to the backend from the client's own address,
 	// and its port where free (else another port of that address), with
 	// IP_TRANSPARENT / IPV6_TRANSPARENT, so that the backend sees the
-	// client. A client that is one of the host's own addresses, or whose
-	// family is not the backend's, keeps the host's normal source (the
-	// latter logged once). It needs CAP_NET_ADMIN (New fails without it)
+	// client. Which clients keep the host's normal source instead (the
+	// host's own, the backend's link, every client of a backend on the
+	// host, the other family: the last two logged once) is the contract
+	// UDP shares, in sockopt (TransparentBackend.Source, BindTransparent).
+	// It needs CAP_NET_ADMIN (New fails without it)
 	// and the host rules of docs/client-address.md for the replies; it is
 	// supported on Linux only (elsewhere New and NewRange fail, and Serve
 	// of a NewListener proxy).

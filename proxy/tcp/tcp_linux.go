@@ -60,11 +60,10 @@ type Proxy struct {
 	acceptLog proxy.RateLimited // accept errors of class Retry
 	noPortLog proxy.RateLimited // dials that found no source port; Every is noPortLogEvery
 
-	// Config.Transparent: local tells the host's own addresses, and
-	// otherFamily is set once a client of another family than its backend
-	// has been logged.
+	// Config.Transparent (each port's tb decides the source); otherFamily
+	// is set once a client of another family than its backend has been
+	// logged.
 	transparent bool
-	local       *sockopt.LocalAddrs
 	otherFamily atomic.Bool
 
 	mu      sync.Mutex
@@ -89,6 +88,11 @@ type port struct {
 	salen      uint32 // of sa, the backend as a raw sockaddr for connect(2)
 	counters   *proxy.StreamCounters
 	dialLog    *proxy.RateLimited // failed dials toward backend, but for want of a source port
+	// Config.Transparent: what was learned of backend at start, and
+	// whether its connections leave from the client's address at all
+	// (not for a backend on the host).
+	tb       sockopt.TransparentBackend
+	tpSource bool
 }
 
 func newPort(fd int, listen, backend netip.AddrPort) *port {
@@ -138,38 +142,65 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 	if err := checkBackend(cfg.Backend); err != nil {
 		return nil, err
 	}
-	local, err := watchLocal(cfg)
-	if err != nil {
-		return nil, err
-	}
 	pt, err := openPort(Mapping{File: f, Backend: cfg.Backend})
 	if err != nil {
-		closeLocal(local)
 		return nil, err
 	}
-	return newProxy([]*port{pt}, cfg, local), nil
+	if err := learnBackends([]*port{pt}, cfg); err != nil {
+		unix.Close(pt.fd)
+		return nil, err
+	}
+	return newProxy([]*port{pt}, cfg), nil
 }
 
-// watchLocal returns, for Config.Transparent, the host's own addresses to
-// tell local clients by; it fails when the process may not make sockets
-// transparent (no CAP_NET_ADMIN).
-func watchLocal(cfg Config) (*sockopt.LocalAddrs, error) {
+// learnBackends learns, for Config.Transparent, what sockopt.LearnBackend
+// tells of each port's backend, once per backend address; it fails when
+// the process may not make sockets transparent (no CAP_NET_ADMIN).
+func learnBackends(ports []*port, cfg Config) error {
 	if !cfg.Transparent {
-		return nil, nil
+		return nil
 	}
-	if err := sockopt.CheckTransparent(); err != nil {
-		return nil, fmt.Errorf("tcp proxy: transparent: %w", err)
+	known := make(map[netip.Addr]sockopt.TransparentBackend, 1)
+	for _, pt := range ports {
+		if err := pt.learnBackend(known); err != nil {
+			return err
+		}
 	}
-	la, err := sockopt.WatchLocalAddrs()
-	if err != nil {
-		return nil, fmt.Errorf("tcp proxy: transparent: the host's addresses: %w", err)
-	}
-	return la, nil
+	return nil
 }
 
-func closeLocal(la *sockopt.LocalAddrs) {
-	if la != nil {
-		la.Close()
+// learnBackend sets pt.tb and pt.tpSource, from known when it has pt's
+// backend address (it is added otherwise).
+func (pt *port) learnBackend(known map[netip.Addr]sockopt.TransparentBackend) error {
+	if pt.backendErr != nil {
+		return nil // every connection is reset
+	}
+	tb, ok := known[pt.backend.Addr()]
+	if !ok {
+		var scope uint32
+		if pt.family == unix.AF_INET6 {
+			_, scope, _ = sockopt.ParseSockaddr(pt.sa[:pt.salen])
+		}
+		var err error
+		if tb, err = sockopt.LearnBackend(pt.backend, scope); err != nil {
+			// For NewListener, which goes on: each bind fails and says why.
+			pt.tb, pt.tpSource = tb, true
+			return fmt.Errorf("tcp proxy on %s: transparent: %w", pt.listen, err)
+		}
+		known[pt.backend.Addr()] = tb
+	}
+	pt.tb, pt.tpSource = tb, !tb.Local
+	return nil
+}
+
+// logLocalBackends says, once at start, for each port whose backend is
+// one of the host's own addresses that its clients keep the host's source.
+func (p *Proxy) logLocalBackends(ports []*port) {
+	for _, pt := range ports {
+		if p.transparent && pt.backendErr == nil && !pt.tpSource {
+			p.logFor(pt).Warn("transparent: the backend is one of the host's own addresses, which would send its replies " +
+				"to the clients themselves; its connections leave from the host's address")
+		}
 	}
 }
 
@@ -183,10 +214,6 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 	if len(ms) == 0 {
 		return nil, errors.New("tcp proxy: no listening socket")
 	}
-	local, err := watchLocal(cfg)
-	if err != nil {
-		return nil, err
-	}
 	ports := make([]*port, 0, len(ms))
 	for _, m := range ms {
 		pt, err := openMapping(m)
@@ -194,12 +221,17 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 			for _, pt := range ports {
 				unix.Close(pt.fd)
 			}
-			closeLocal(local)
 			return nil, err
 		}
 		ports = append(ports, pt)
 	}
-	return newProxy(ports, cfg, local), nil
+	if err := learnBackends(ports, cfg); err != nil {
+		for _, pt := range ports {
+			unix.Close(pt.fd)
+		}
+		return nil, err
+	}
+	return newProxy(ports, cfg), nil
 }
 
 // NewListener returns a Proxy serving ln's socket and takes ownership of ln
@@ -207,8 +239,7 @@ func NewRange(ms []Mapping, cfg Config) (*Proxy, error) {
 // cfg.Backend is not reported here: every connection is then reset and the
 // reason logged (use New, or check the address first, to fail early).
 // Likewise with cfg.Transparent a process without CAP_NET_ADMIN has every
-// connection reset, and when the host's addresses cannot be followed only
-// loopback clients keep the normal source (both logged).
+// connection reset (logged).
 func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	listen := ln.Addr().(*net.TCPAddr).AddrPort()
 	fd := -1
@@ -218,8 +249,9 @@ func NewListener(ln *net.TCPListener, cfg Config) *Proxy {
 	ln.Close()
 	// Without a descriptor (EMFILE for the duplicate), Serve fails at its
 	// first accept with EBADF and says so.
-	local, err := watchLocal(cfg)
-	p := newProxy([]*port{newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)}, cfg, local)
+	pt := newPort(fd, netip.AddrPortFrom(listen.Addr().Unmap(), listen.Port()), cfg.Backend)
+	err := learnBackends([]*port{pt}, cfg)
+	p := newProxy([]*port{pt}, cfg)
 	if err != nil {
 		p.log.Warn("transparent relaying is impaired", logging.Err(err))
 	}
@@ -274,7 +306,7 @@ func dupNonblock(s int) (int, error) {
 	return fd, nil
 }
 
-func newProxy(ports []*port, cfg Config, local *sockopt.LocalAddrs) *Proxy {
+func newProxy(ports []*port, cfg Config) *Proxy {
 	p := &Proxy{
 		ports:       ports,
 		slots:       ports,
@@ -285,7 +317,6 @@ func newProxy(ports []*port, cfg Config, local *sockopt.LocalAddrs) *Proxy {
 		keepCnt:     systemKeepCnt() != keepAlive.Count,
 		pp:          cfg.ProxyProtocol,
 		transparent: cfg.Transparent,
-		local:       local,
 	}
 	p.noPortLog.Every = noPortLogEvery
 	if p.dialTimeout <= 0 {
@@ -301,6 +332,7 @@ func newProxy(ports []*port, cfg Config, local *sockopt.LocalAddrs) *Proxy {
 			setListenerOptions(pt.fd)
 		}
 	}
+	p.logLocalBackends(ports)
 	return p
 }
 
@@ -372,6 +404,13 @@ func (p *Proxy) Add(m Mapping) error {
 	pt, err := openMapping(m)
 	if err != nil {
 		return err
+	}
+	if p.transparent {
+		if err := pt.learnBackend(make(map[netip.Addr]sockopt.TransparentBackend, 1)); err != nil {
+			unix.Close(pt.fd)
+			return err
+		}
+		p.logLocalBackends([]*port{pt})
 	}
 	setListenerOptions(pt.fd)
 	p.mu.Lock()
@@ -525,11 +564,6 @@ func (p *Proxy) beginServe() (*loop, error) {
 	}
 	_, owned := loopCount()
 	l, err := newLoop(p, owned > 0)
-	if err == nil && p.local != nil {
-		if err = l.watchLocal(); err != nil {
-			l.close()
-		}
-	}
 	if err != nil {
 		return nil, fmt.Errorf("serve tcp on %s: %w", p.Addr(), err)
 	}
@@ -642,7 +676,6 @@ func (p *Proxy) Close() error {
 	if done != nil {
 		<-done
 	}
-	closeLocal(p.local)
 	return err
 }
 

@@ -913,7 +913,10 @@ func TestNoPipe(t *testing.T) {
 // TestTransparentLocalClient: with Config.Transparent a client on loopback
 // (one of the host's own addresses, here 127.0.0.2) is relayed from the
 // host's normal source, not from its own address; New and NewRange both
-// take the option. Clients from elsewhere are the end-to-end suite's
+// take the option. The backend, on loopback, is the host's own as well,
+// which alone keeps every client's normal source. The decision itself is
+// sockopt's TestClientSource; clients from elsewhere, the container's
+// neighbour and a backend on a host address the end-to-end suite's
 // (e2e/transparent_test.go, in namespaces with the host rules).
 func TestTransparentLocalClient(t *testing.T) {
 	testenv.RequireNetAdmin(t)

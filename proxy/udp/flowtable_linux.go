@@ -128,24 +128,14 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 
 // dialBackend opens a non-blocking UDP socket connected to the backend, for
 // the flow of key; when the proxy is transparent it is first bound to the
-// client's address (transparentSource).
+// client's address (bindSource).
 func (p *Proxy) dialBackend(key flowKey, pi sockopt.Pktinfo) (int, error) {
-	fd, err := unix.Socket(p.bfamily, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := p.flowSocket()
 	if err != nil {
-		return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
+		return -1, err
 	}
-	if src, ok := p.transparentSource(key, pi); ok {
-		err := bindTransparent(fd, p.bfamily, src, key.scope)
-		if err == errHostClient {
-			// Bound to a host address: start again with a socket that
-			// takes the host's normal source.
-			unix.Close(fd)
-			fd, err = unix.Socket(p.bfamily, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
-			if err != nil {
-				return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
-			}
-		} else if err != nil {
-			unix.Close(fd)
+	if p.transparent {
+		if fd, err = p.bindSource(fd, key, pi); err != nil {
 			return -1, err
 		}
 	}
@@ -156,6 +146,15 @@ func (p *Proxy) dialBackend(key flowKey, pi sockopt.Pktinfo) (int, error) {
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, flowRcvBuf) // best effort
 	if p.flowGRO && sockopt.EnableUDPGROFD(fd) != nil {
 		p.flowGRO = false // the backend's GSO runs get split by the kernel
+	}
+	return fd, nil
+}
+
+// flowSocket opens a non-blocking UDP socket of the backend's family.
+func (p *Proxy) flowSocket() (int, error) {
+	fd, err := unix.Socket(p.bfamily, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, fmt.Errorf("socket for %s/udp: %w", p.backend, err)
 	}
 	return fd, nil
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostproxy/hostproxy/proxy"
+	"github.com/hostproxy/hostproxy/sockopt"
 )
 
 // loop is the goroutine and epoll set that serve one Proxy (New) or every
@@ -391,7 +392,7 @@ func NewRange(ms []Mapping, cfg Config) (*Range, error) {
 		}
 		return nil, err
 	}
-	known := make(map[netip.Addr]backendFacts) // for -transparent
+	known := make(map[netip.Addr]sockopt.TransparentBackend) // for -transparent
 	for _, m := range ms {
 		c := cfg
 		c.Backend = m.Backend

@@ -29,26 +29,15 @@
 // connects, one setsockopt and one bind more per new flow and nothing per
 // datagram; replies leave the host socket as above. The backend's replies
 // are addressed to the client, and reach the flow socket only with the host
-// rules of docs/client-address.md; without them the host drops them. When
-// the client's port is taken, as when one client writes from one port to
-// two addresses of the mapping (two flows toward one backend), bind fails
-// with EADDRINUSE and the flow takes the client's address with a port the
-// kernel picks; SO_REUSEADDR is never set, so no two flows share a 4-tuple.
-//
-// Some flows keep the host's normal source. A client that is one of the
-// host's own addresses: a loopback one, or one that wrote to its own
-// address (a host process whose socket is not bound), is recognised at
-// once; any other holds its own port, so that the bind fails with
-// EADDRINUSE, and a bind without IP_TRANSPARENT, which only a host address
-// passes, recognises it. An IPv6 link-local client, which would tie the
-// flow socket to its link. A client on the link of the host's address
-// toward the backend (another container on the backend's bridge), which
-// the backend would answer directly; New finds that link once. Every client
-// of a backend on one of the host's own addresses, which would send its
-// replies straight to the client; New says so in the log. A client of the
-// other family than the backend, said once in the log per host socket; an
-// IPv4-mapped client counts as IPv4. New fails when the process may not
-// make a socket transparent (it needs CAP_NET_ADMIN or CAP_NET_RAW).
+// rules of docs/client-address.md; without them the host drops them. Which
+// clients keep the host's normal source instead, and the bind when the
+// client's port is taken, are the contract TCP shares, in sockopt
+// (TransparentBackend.Source, BindTransparent, LearnBackend); the relay
+// gives it the address each datagram was written to, says once per host
+// socket that a client of the other family keeps the host's source, and
+// says in the log at start when the backend is one of the host's own
+// addresses. New fails when the process may not make a socket transparent
+// (it needs CAP_NET_ADMIN or CAP_NET_RAW).
 //
 // Flows expire after IdleTimeout without a datagram in either direction (a
 // client that keeps sending keeps its flow, whether the backend answers or

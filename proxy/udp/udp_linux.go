@@ -93,11 +93,12 @@ type Proxy struct {
 	flowGRO    bool // UDP_GRO is turned on on new flow sockets
 	pp         bool // every datagram to the backend starts with a PROXY v2 header (flow.pp)
 	// transparent: flow sockets leave from the client's address
-	// (Config.Transparent); familyLogged: the fallback for a client of the
-	// other family than the backend was logged.
+	// (Config.Transparent), as tb decides (bindSource); familyLogged: the
+	// fallback for a client of the other family than the backend was
+	// logged; src: the sockaddr a new flow's socket binds.
 	transparent, familyLogged bool
-	// backendLink: clients in it keep the host's source (backendLink).
-	backendLink netip.Prefix
+	tb                        sockopt.TransparentBackend
+	src                       [unix.SizeofSockaddrInet6]byte
 
 	// One limiter per kind of failure: at most a line per
 	// proxy.DefaultLogEvery each.
@@ -132,7 +133,7 @@ func New(f *os.File, cfg Config) (*Proxy, error) {
 // newMember is New without the loop: the checks, the socket options and the
 // duplicate of f. known, when not nil, keeps what -transparent learns about
 // each backend address, for the other members of a range.
-func newMember(f *os.File, cfg Config, known map[netip.Addr]backendFacts) (*Proxy, error) {
+func newMember(f *os.File, cfg Config, known map[netip.Addr]sockopt.TransparentBackend) (*Proxy, error) {
 	if f == nil {
 		return nil, errors.New("udp proxy: nil host socket")
 	}
@@ -174,20 +175,20 @@ func newMember(f *os.File, cfg Config, known map[netip.Addr]backendFacts) (*Prox
 		p.bsa = &unix.SockaddrInet6{Port: int(backend.Port()), Addr: backend.Addr().As16()}
 	}
 	if cfg.Transparent {
-		bf, ok := known[backend.Addr()]
+		tb, ok := known[backend.Addr()]
 		if !ok {
-			if bf, err = learnBackend(p.bfamily, p.bsa, backend.Addr()); err != nil {
-				return nil, fmt.Errorf("udp proxy on %s: %w", info.Local, err)
+			if tb, err = sockopt.LearnBackend(backend, 0); err != nil {
+				return nil, fmt.Errorf("udp proxy on %s: -transparent: %w", info.Local, err)
 			}
 			if known != nil {
-				known[backend.Addr()] = bf
+				known[backend.Addr()] = tb
 			}
 		}
-		if bf.local {
+		if tb.Local {
 			p.log.Warn("udp -transparent: the backend is one of the host's own addresses, " +
 				"which would send its replies to the clients themselves; its flows leave from the host's address")
 		}
-		p.transparent, p.backendLink = !bf.local, bf.link
+		p.transparent, p.tb = !tb.Local, tb
 	}
 
 	if err := p.open(f); err != nil {
