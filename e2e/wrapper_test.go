@@ -76,15 +76,16 @@ func TestDockerdWrapper(t *testing.T) {
 
 	tcp := netip.AddrPortFrom(wrapEngine, wrapTCPPort)
 	udp := netip.AddrPortFrom(wrapEngine, wrapUDPPort)
-	// dockerd reports the container running before its proxies have bound:
-	// wait until the published TCP port answers.
-	waitFor(t, 20*time.Second, "the published port "+tcp.String()+" to answer", func() bool {
+	// dockerd reports the container running before its proxy has bound and
+	// before the echo server listens (the proxy then accepts and resets):
+	// wait until a round trip through the published port works.
+	waitFor(t, 20*time.Second, "a round trip through the published port "+tcp.String(), func() bool {
 		c, err := client.dialTCP(tcp, 500*time.Millisecond)
 		if err != nil {
 			return false
 		}
-		c.Close()
-		return true
+		_, err = roundTripTCP(c, "ready?\n")
+		return err == nil
 	})
 
 	// Both clients at once, TCP and UDP each.
