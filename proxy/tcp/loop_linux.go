@@ -1309,9 +1309,19 @@ func (l *loop) logClosed(c *conn, end string) {
 		return
 	}
 	p.logFor(c.pt).Debug("connection closed",
-		logging.AddrPort("client", peerOf(int(c.fd[sideClient]))),
+		clientField(int(c.fd[sideClient])),
 		logging.Uint64("bytes_up", c.bytes[sideClient]), logging.Uint64("bytes_down", c.bytes[sideBackend]),
 		logging.String("end", end))
+}
+
+// clientField is the client's address for a log line, read from its
+// socket fd, or "disconnected" once the client has gone (getpeername fails
+// on a reset socket).
+func clientField(fd int) zapcore.Field {
+	if ap := peerOf(fd); ap.IsValid() {
+		return logging.AddrPort("client", ap)
+	}
+	return logging.String("client", "disconnected")
 }
 
 // peerOf returns the address of fd's peer, or the zero AddrPort.
@@ -1373,7 +1383,7 @@ func (l *loop) logDialFailure(c *conn, pt *port, class proxy.ErrorClass, err err
 	}
 	fields := make([]zapcore.Field, 0, 5)
 	fields = append(fields,
-		logging.AddrPort("client", peerOf(int(c.fd[sideClient]))),
+		clientField(int(c.fd[sideClient])),
 		logging.Err(err),
 		logging.Duration("after", took))
 	if class == proxy.AddrExhausted {
