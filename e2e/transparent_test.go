@@ -195,6 +195,36 @@ func (p *tpProxy) stop(t *testing.T) {
 	}
 }
 
+// udpClientsAtOnce sends a datagram to addr from n UDP sockets of ns at
+// once and expects the container to have seen each socket's own address
+// and port.
+func udpClientsAtOnce(t *testing.T, ns netns, addr netip.AddrPort, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		c, err := ns.dialUDP(addr)
+		if err != nil {
+			t.Fatalf("udp client %d: %v", i, err)
+		}
+		defer c.Close()
+		wg.Go(func() {
+			local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+			peer, err := roundTripUDP(c, fmt.Sprintf("udp client %d", i))
+			switch {
+			case err != nil:
+				errs[i] = fmt.Errorf("udp client %d (%s) to %s: %w", i, local, addr, err)
+			case peer != local:
+				errs[i] = fmt.Errorf("udp client %d to %s: container saw %s, want the client's own %s", i, addr, peer, local)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Error(err)
+	}
+}
+
 // clientsAtOnce opens n connections from ns to addr, all of them open
 // before any is read, and requires the container to see each one's own
 // local address and port.
@@ -237,7 +267,9 @@ func clientsAtOnce(t *testing.T, ns netns, addr netip.AddrPort, n int) {
 // through with its normal source, also from an address added after start;
 // so do the container's neighbour on its bridge and every client of a
 // backend on the host (logged once); an IPv6 client of an IPv4 backend
-// falls back to the host's source, logged once. Without the rules the
+// falls back to the host's source, logged once. UDP through the binary,
+// allocated and -L, sees each client too, and the host itself keeps its
+// source. Without the rules the
 // documented failure happens: the backend's SYN-ACK is not delivered to
 // hostproxy, the dial times out and the client is reset.
 func TestTransparentTCP(t *testing.T) {
@@ -291,6 +323,25 @@ func TestTransparentTCP(t *testing.T) {
 		}
 		clientsAtOnce(t, client, netip.AddrPortFrom(tpHostOut, uint16(port)), 8)
 		p.stop(t)
+	})
+	t.Run("udp allocation and -L", func(t *testing.T) {
+		backend := netip.AddrPortFrom(tpContainer, 53)
+		alloc := spawnTransparent(t, host, hostproxy, nil, "-proto", "udp", "-host-ip", tpHostOut.String(), "-host-port", "8400-8499",
+			"-container-ip", backend.Addr().String(), "-container-port", "53", "-transparent")
+		port, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(alloc.status, "0\n")), 10, 16)
+		if err != nil {
+			t.Fatalf("fd 3 %q: no port", alloc.status)
+		}
+		front := netip.AddrPortFrom(tpHostOut, 8300)
+		// -drain-timeout 0: a UDP forwarder with open flows would otherwise
+		// drain for the whole default 10 s (docs/protocol.md).
+		fwd := spawnTransparent(t, host, hostproxy, nil, "-transparent", "-drain-timeout", "0",
+			"-L", fmt.Sprintf("%s:%s/udp", front, backend))
+		udpClientsAtOnce(t, client, netip.AddrPortFrom(tpHostOut, uint16(port)), 4)
+		udpClientsAtOnce(t, client, front, 4)
+		checkUDP(t, host, front, tpHostIn, "udp from the host itself")
+		alloc.stop(t)
+		fwd.stop(t)
 	})
 	t.Run("-L", func(t *testing.T) {
 		v4 := netip.AddrPortFrom(tpHostOut, 8200)
