@@ -33,11 +33,19 @@ type RateLimited struct {
 func (r *RateLimited) Allow(now time.Time) (ok bool, suppressed int64) {
 	t := now.UnixNano()
 	next := r.next.Load()
-	if t < next || !r.next.CompareAndSwap(next, t+int64(r.every())) {
+	if t < next {
 		r.suppressed.Add(1)
 		return false, 0
 	}
-	return true, r.suppressed.Swap(0)
+	// The count is taken before the line is claimed, so that a line never
+	// reports lines held back after it; a caller that loses the claim
+	// gives the count back with its own.
+	n := r.suppressed.Swap(0)
+	if !r.next.CompareAndSwap(next, t+int64(r.every())) {
+		r.suppressed.Add(n + 1)
+		return false, 0
+	}
+	return true, n
 }
 
 func (r *RateLimited) every() time.Duration {
