@@ -281,17 +281,12 @@ func (l *loop) run() {
 		l.runOwned()
 		return
 	}
-	p := l.p
-	for {
-		if p.closing.Load() {
-			l.resetAll()
-			return
-		}
-		if p.stopping.Load() && l.live == 0 {
-			return
-		}
+	for !l.over() {
 		l.park()
 		l.timers()
+	}
+	if l.p.closing.Load() {
+		l.resetAll()
 	}
 }
 
@@ -308,7 +303,6 @@ func (l *loop) run() {
 // (listening sockets, the wake eventfd) may still be ready without a new
 // event, so after those it looks again first.
 func (l *loop) poll(fd uintptr) bool {
-	p := l.p
 	for {
 		n, err := unix.EpollWait(int(fd), l.events[:], 0)
 		if err == unix.EINTR {
@@ -323,7 +317,7 @@ func (l *loop) poll(fd uintptr) bool {
 		}
 		again := l.dispatch(n)
 		l.timers()
-		if p.closing.Load() || (p.stopping.Load() && l.live == 0) {
+		if l.over() {
 			return true
 		}
 		l.arm()
@@ -377,14 +371,7 @@ func (l *loop) dispatch(n int) bool {
 // process makes no wake-ups at all.
 func (l *loop) runOwned() {
 	p := l.p
-	for {
-		if p.closing.Load() {
-			l.resetAll()
-			return
-		}
-		if p.stopping.Load() && l.live == 0 {
-			return
-		}
+	for !l.over() {
 		msec, idle := l.timeout(), false
 		if msec < 0 || msec > ownedIdle {
 			msec, idle = ownedIdle, true
@@ -402,6 +389,9 @@ func (l *loop) runOwned() {
 		}
 		l.timers()
 	}
+	if p.closing.Load() {
+		l.resetAll()
+	}
 }
 
 // ownedIdle is how long, in milliseconds, an owned loop blocks in a raw
@@ -413,15 +403,13 @@ const ownedIdle = 4
 // runtime takes the P back and, with nothing else to run, sleeps without
 // waking this thread. It handles the events that end it.
 func (l *loop) idleWait() {
-	p := l.p
-	for !p.closing.Load() && (!p.stopping.Load() || l.live > 0) {
+	for !l.over() {
 		n, err := unix.EpollWait(l.epfd, l.events[:], l.timeout())
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err != nil:
-			p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", p.Addr(), err))
-			return
+			l.p.fail(fmt.Errorf("tcp proxy on %s: epoll_wait: %w", l.p.Addr(), err))
 		case n > 0:
 			l.dispatch(n)
 		}
@@ -429,11 +417,18 @@ func (l *loop) idleWait() {
 	}
 }
 
+// over reports whether the loop is to end: the proxy is closing (run then
+// resets the connections left), or it is stopping and this loop has no
+// connection left.
+func (l *loop) over() bool {
+	return l.p.closing.Load() || (l.p.stopping.Load() && l.live == 0)
+}
+
 // park waits in the netpoller until the loop's epoll set has events, a
 // timer is due or the proxy is stopping, and handles the events that woke
 // it (poll).
 func (l *loop) park() {
-	if l.p.closing.Load() || (l.p.stopping.Load() && l.live == 0) {
+	if l.over() {
 		return
 	}
 	l.arm()
