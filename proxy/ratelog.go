@@ -60,11 +60,23 @@ func (r *RateLimited) every() time.Duration {
 // line was written.
 func (r *RateLimited) Log(log *logging.Logger, level zapcore.Level, now time.Time, msg string, fields ...zapcore.Field) bool {
 	ok, n := r.Allow(now)
-	if !ok {
-		return false
+	if ok {
+		Emit(log, level, ok, n, msg, fields...)
 	}
-	if n > 0 {
-		fields = append(fields, logging.Int64("suppressed", n))
+	return ok
+}
+
+// Emit writes msg with fields through log for an answer of Allow (ok,
+// suppressed): at level, with the field "suppressed" when lines were held
+// back, when ok; at Debug when the line was held back. A caller that builds
+// costly fields calls Allow first and Emit only when ok or Debug is on.
+func Emit(log *logging.Logger, level zapcore.Level, ok bool, suppressed int64, msg string, fields ...zapcore.Field) {
+	if !ok {
+		log.Debug(msg, fields...)
+		return
+	}
+	if suppressed > 0 {
+		fields = append(fields, logging.Int64("suppressed", suppressed))
 	}
 	switch level {
 	case zapcore.DebugLevel:
@@ -76,5 +88,4 @@ func (r *RateLimited) Log(log *logging.Logger, level zapcore.Level, now time.Tim
 	default:
 		log.Error(msg, fields...)
 	}
-	return true
 }

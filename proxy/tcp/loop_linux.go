@@ -1355,19 +1355,11 @@ func (l *loop) dialFailed(c *conn, idx int32, err error) {
 	}
 }
 
-// logDialFailure logs a failed dial of c: a warning naming the client, the
-// listener, the backend and the error when the port's rate limit allows it
-// (for want of a source port, the proxy's, with the remedy), otherwise at
-// Debug. The fields are built only when a line is written.
+// logDialFailure logs a failed dial of c (Proxy.logDialFailure); the fields
+// are built only when a line is written.
 func (l *loop) logDialFailure(c *conn, pt *port, class proxy.ErrorClass, err error) {
 	p := l.p
-	rl, msg := pt.dialLog, "backend dial failed; client reset"
-	switch class {
-	case proxy.AddrExhausted:
-		rl, msg = &p.noPortLog, "no free source port toward the backend; client reset, accepting backs off"
-	case proxy.Retry:
-		msg = "backend dial failed; client reset, accepting backs off"
-	}
+	rl, msg := p.dialFailureLog(pt, class)
 	ok, held := rl.Allow(time.Now())
 	if !ok && !p.log.Enabled(zapcore.DebugLevel) {
 		return
@@ -1376,21 +1368,5 @@ func (l *loop) logDialFailure(c *conn, pt *port, class proxy.ErrorClass, err err
 	if c.dialing {
 		took = time.Duration(l.now() - (c.deadline - int64(p.dialTimeout)))
 	}
-	fields := make([]zapcore.Field, 0, 5)
-	fields = append(fields,
-		clientField(int(c.fd[sideClient])),
-		logging.Err(err),
-		logging.Duration("after", took))
-	if class == proxy.AddrExhausted {
-		fields = append(fields, logging.String("remedy", proxy.AddrExhaustedHint("tcp")))
-	}
-	log := p.logFor(pt)
-	if !ok {
-		log.Debug(msg, fields...)
-		return
-	}
-	if held > 0 {
-		fields = append(fields, logging.Int64("suppressed", held))
-	}
-	log.Warn(msg, fields...)
+	p.logDialFailure(pt, class, msg, ok, held, clientField(int(c.fd[sideClient])), err, took)
 }

@@ -180,37 +180,15 @@ func (p *Proxy) dialFailed(pt *port, client *net.TCPConn, err error, took time.D
 	}
 	pt.counters.DialErrors.Add(1)
 	class := proxy.ClassifyDial(err)
-	rl, msg := pt.dialLog, "backend dial failed; client reset"
-	switch class {
-	case proxy.AddrExhausted:
-		rl, msg = &p.noPortLog, "no free source port toward the backend; client reset, accepting backs off"
-	case proxy.Retry:
-		msg = "backend dial failed; client reset, accepting backs off"
-	}
 	if class != proxy.PerConnection {
 		p.holdDials()
 	}
+	rl, msg := p.dialFailureLog(pt, class)
 	ok, held := rl.Allow(time.Now())
 	if !ok && !p.log.Enabled(zapcore.DebugLevel) {
 		return
 	}
-	fields := []zapcore.Field{
-		logging.Addr("client", client.RemoteAddr()),
-		logging.Err(err),
-		logging.Duration("after", took),
-	}
-	if class == proxy.AddrExhausted {
-		fields = append(fields, logging.String("remedy", proxy.AddrExhaustedHint("tcp")))
-	}
-	log := p.logFor(pt)
-	if !ok {
-		log.Debug(msg, fields...)
-		return
-	}
-	if held > 0 {
-		fields = append(fields, logging.Int64("suppressed", held))
-	}
-	log.Warn(msg, fields...)
+	p.logDialFailure(pt, class, msg, ok, held, logging.Addr("client", client.RemoteAddr()), err, took)
 }
 
 // holdDials holds the accept loops for the next delay of dialOff.

@@ -45,6 +45,8 @@ import (
 	"os"
 	"time"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/proxy/proxyproto"
@@ -122,4 +124,29 @@ func checkBackend(ap netip.AddrPort) error {
 		return fmt.Errorf("tcp proxy: invalid backend address %s (want IP:port with a port in 1-65535)", ap)
 	}
 	return nil
+}
+
+// dialFailureLog returns the rate limit and the message of a failed dial of
+// class: the port's limit, or for want of a source port the proxy's.
+func (p *Proxy) dialFailureLog(pt *port, class proxy.ErrorClass) (*proxy.RateLimited, string) {
+	switch class {
+	case proxy.AddrExhausted:
+		return &p.noPortLog, "no free source port toward the backend; client reset, accepting backs off"
+	case proxy.Retry:
+		return pt.dialLog, "backend dial failed; client reset, accepting backs off"
+	}
+	return pt.dialLog, "backend dial failed; client reset"
+}
+
+// logDialFailure writes the line of a failed dial of class for an answer of
+// its rate limit's Allow (ok, held): a warning naming the client (its field),
+// the listener, the backend and the error, with the remedy for want of a
+// source port; at Debug when the line was held back.
+func (p *Proxy) logDialFailure(pt *port, class proxy.ErrorClass, msg string, ok bool, held int64, client zapcore.Field, err error, took time.Duration) {
+	fields := make([]zapcore.Field, 0, 5)
+	fields = append(fields, client, logging.Err(err), logging.Duration("after", took))
+	if class == proxy.AddrExhausted {
+		fields = append(fields, logging.String("remedy", proxy.AddrExhaustedHint("tcp")))
+	}
+	proxy.Emit(p.logFor(pt), zapcore.WarnLevel, ok, held, msg, fields...)
 }
