@@ -3,9 +3,11 @@ package proxytest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,7 +55,8 @@ type MappingsHarness struct {
 // mappings that tcp.Proxy, udp.Range and sctp.Range keep, stated here once:
 //
 //   - Add(m) starts relaying m's socket, before Serve or while serving;
-//     the clients of the other mappings are not disturbed. It duplicates
+//     the clients of the other mappings are not disturbed (one of them
+//     makes round trips without pause all along). It duplicates
 //     m.File: the caller's file stays its own.
 //   - Add of an address the proxy already serves fails, and so does Remove
 //     of an address it does not serve; neither error is proxy.ErrClosed.
@@ -104,6 +107,55 @@ func dialTo(t *testing.T, h MappingsHarness, addr netip.AddrPort, what string) C
 	return c
 }
 
+// busyClient is a client making round trips without pause in a goroutine.
+type busyClient struct {
+	trips atomic.Int64
+	stop  chan struct{}
+	done  chan error // the first failure, or nil once stopped
+}
+
+// keepBusy starts c's round trips.
+func keepBusy(c Client) *busyClient {
+	b := &busyClient{stop: make(chan struct{}), done: make(chan error, 1)}
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-b.stop:
+				b.done <- nil
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), WaitFor)
+			err := c.RoundTrip(ctx, fmt.Appendf(nil, "busy %d", i))
+			cancel()
+			if err != nil {
+				b.done <- fmt.Errorf("round trip %d: %w", i, err)
+				return
+			}
+			b.trips.Add(1)
+		}
+	}()
+	return b
+}
+
+// check waits for two more round trips, then stops the client and fails
+// t if any round trip failed.
+func (b *busyClient) check(t *testing.T, what string) {
+	t.Helper()
+	want := b.trips.Load() + 2
+	deadline := time.Now().Add(WaitFor)
+	for b.trips.Load() < want && len(b.done) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // polling interval, not a stand-in for the condition
+	}
+	close(b.stop)
+	if err := <-b.done; err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if b.trips.Load() < want {
+		t.Fatalf("%s: no round trip completed within %v", what, WaitFor)
+	}
+}
+
 // notRelayed checks that a new client to addr gets no round trip.
 func notRelayed(t *testing.T, h MappingsHarness, addr netip.AddrPort, what string) {
 	t.Helper()
@@ -145,6 +197,7 @@ func addRemoveWhileServing(t *testing.T, h MappingsHarness) {
 	p, first := h.New(t)
 	m := serveMapper(t, p, context.Background())
 	c0 := dialTo(t, h, first, "the first mapping")
+	busy := keepBusy(dialTo(t, h, first, "a busy client of the first mapping"))
 
 	f, addr := h.Socket(t)
 	if err := h.Add(t, p, f); err != nil {
@@ -177,6 +230,7 @@ func addRemoveWhileServing(t *testing.T, h MappingsHarness) {
 		t.Fatalf("Add of the removed socket again: %v", err)
 	}
 	dialTo(t, h, addr, "the socket added again")
+	busy.check(t, "a client of the first mapping making round trips all along")
 
 	if err := p.Close(); err != nil {
 		t.Fatalf("Close = %v", err)

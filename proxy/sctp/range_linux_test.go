@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -218,57 +217,15 @@ func TestSCTPDialErrorsCounted(t *testing.T) {
 	}
 }
 
-// TestSCTPRangeAddRemoveWhileServing keeps an association busy on one
-// mapping while another is added, relayed, and removed.
+// TestSCTPRangeAddRemoveWhileServing adds a mapping to a serving range and
+// removes it: the added mapping relays to its own backend with the stream
+// and PPID kept and is reported, and after Remove its association ends and
+// the port refuses once the caller's descriptor is closed. The rest of the
+// contract, a busy client of another mapping included, is
+// proxytest.Mappings (TestSCTPMappings).
 func TestSCTPRangeAddRemoveWhileServing(t *testing.T) {
 	testenv.RequireSCTP(t)
-	r, addrs := startRange(t, 1, sctp.Config{})
-	busy := dial(t, addrs[0])
-	stop := make(chan struct{})
-	var (
-		wg     sync.WaitGroup
-		trips  atomic.Int64
-		busyMu sync.Mutex
-		failed error
-	)
-	wg.Go(func() {
-		buf := make([]byte, 256)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			busy.SetDeadline(time.Now().Add(waitFor))
-			data := fmt.Sprintf("busy %d", i)
-			_, err := busy.WriteMsg([]byte(data), sctp.Info{Stream: 1})
-			var n int
-			if err == nil {
-				n, _, _, err = busy.ReadMsg(buf)
-			}
-			if err == nil && string(buf[:n]) != "0:"+data {
-				err = fmt.Errorf("echo %q, want %q", buf[:n], "0:"+data)
-			}
-			if err != nil {
-				busyMu.Lock()
-				failed = err
-				busyMu.Unlock()
-				return
-			}
-			trips.Add(1)
-		}
-	})
-	defer func() {
-		close(stop)
-		wg.Wait()
-		if failed != nil {
-			t.Fatalf("the busy association failed: %v", failed)
-		}
-		if trips.Load() == 0 {
-			t.Fatal("no round trip on the busy association")
-		}
-	}()
-
+	r, _ := startRange(t, 1, sctp.Config{})
 	srv := startEcho(t, lo4, func(m msg) msg { m.data = "added:" + m.data; return m })
 	f, added := listenFile(t)
 	if err := r.Add(sctp.Mapping{File: f, Backend: srv.ln.Addr()}); err != nil {
@@ -286,7 +243,6 @@ func TestSCTPRangeAddRemoveWhileServing(t *testing.T) {
 	if n := len(counters(r)); n != 2 {
 		t.Fatalf("%d mappings reported after Add, want 2", n)
 	}
-	before := trips.Load()
 	if err := r.Remove(added); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
@@ -306,7 +262,6 @@ func TestSCTPRangeAddRemoveWhileServing(t *testing.T) {
 	if n := len(counters(r)); n != 1 {
 		t.Fatalf("%d mappings reported after Remove, want 1", n)
 	}
-	waitUntil(t, "the busy association goes on after Remove", func() bool { return trips.Load() > before+2 })
 }
 
 // TestSCTPDialNoFreePort narrows the local port range to one port, held by

@@ -3,69 +3,24 @@ package udp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hostproxy/hostproxy/proxy"
 )
 
-// TestRangeAddRemoveWhileServing keeps a flow busy on one socket of a range
-// while another socket is added, relayed, and removed.
+// TestRangeAddRemoveWhileServing adds a socket to a serving range and removes
+// it: the added socket relays to its own backend and its flow is counted,
+// and after Remove nothing reads it. The rest of the contract, a busy
+// client of another socket included, is proxytest.Mappings (TestMappings).
 func TestRangeAddRemoveWhileServing(t *testing.T) {
 	r, addrs := startRange(t, 1, Config{})
-	busy := dial(t, addrs[0])
-	stop := make(chan struct{})
-	var (
-		wg     sync.WaitGroup
-		trips  atomic.Int64
-		mu     sync.Mutex
-		failed error
-	)
-	wg.Go(func() {
-		buf := make([]byte, 256)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			want := fmt.Sprintf("backend 0:busy %d", i)
-			busy.SetDeadline(time.Now().Add(10 * time.Second))
-			_, err := busy.Write([]byte(want[len("backend 0:"):]))
-			var n int
-			if err == nil {
-				n, err = busy.Read(buf)
-			}
-			if err == nil && string(buf[:n]) != want {
-				err = fmt.Errorf("reply %q, want %q", buf[:n], want)
-			}
-			if err != nil {
-				mu.Lock()
-				failed = err
-				mu.Unlock()
-				return
-			}
-			trips.Add(1)
-		}
-	})
-	defer func() {
-		close(stop)
-		wg.Wait()
-		if failed != nil {
-			t.Fatalf("the busy flow failed: %v", failed)
-		}
-	}()
+	roundTrip(t, dial(t, addrs[0]), []byte("first"))
 
 	f := hostSocket(t, "127.0.0.1:0")
 	if err := r.Add(Mapping{File: f, Backend: taggedBackend(t, "127.0.0.1:0", "added:")}); err != nil {
 		t.Fatalf("Add: %v", err)
-	}
-	if err := r.Add(Mapping{File: f, Backend: echoBackend(t, "127.0.0.1:0")}); err == nil {
-		t.Fatal("Add of an address already served succeeded")
 	}
 	r.l.mu.Lock()
 	if len(r.l.members) != 2 {
@@ -81,7 +36,6 @@ func TestRangeAddRemoveWhileServing(t *testing.T) {
 	if s := r.Stats(); s.Flows != 2 {
 		t.Fatalf("Stats after Add: %d flows, want 2", s.Flows)
 	}
-	before := trips.Load()
 	if err := r.Remove(addr); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
@@ -91,13 +45,9 @@ func TestRangeAddRemoveWhileServing(t *testing.T) {
 	if n, err := c.Read(make([]byte, 64)); err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("removed socket: read %d bytes, %v; want a timeout", n, err)
 	}
-	if err := r.Remove(addr); err == nil {
-		t.Fatal("second Remove succeeded")
-	}
 	if s := r.Stats(); s.Flows != 1 {
 		t.Fatalf("Stats after Remove: %d flows, want 1", s.Flows)
 	}
-	waitFor(t, 10*time.Second, "the busy flow goes on after Remove", func() bool { return trips.Load() > before+2 })
 }
 
 func TestRangeAddBeforeServeAndAfterClose(t *testing.T) {
