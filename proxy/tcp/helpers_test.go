@@ -1,10 +1,13 @@
 package tcp
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -265,3 +268,35 @@ func (l *recLog) atLeast(level zapcore.Level) []recEntry {
 
 // noDeadline clears a deadline.
 var noDeadline time.Time
+
+// echoHash sends size pseudo-random bytes (seeded by seed) on c through an
+// echo backend, half-closes it, reads the echo to EOF, and fails t unless
+// it is size bytes with the same SHA-256.
+func echoHash(t *testing.T, c *net.TCPConn, size int64, seed byte) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	sent := sha256.New()
+	errc := make(chan error, 1)
+	go func() {
+		src := rand.NewChaCha8([32]byte{seed})
+		_, err := io.Copy(io.MultiWriter(c, sent), io.LimitReader(src, size))
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		errc <- err
+	}()
+	got := sha256.New()
+	n, err := io.Copy(got, c)
+	if err != nil {
+		t.Fatalf("read after %d bytes: %v", n, err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if n != size {
+		t.Fatalf("read %d bytes, want %d", n, size)
+	}
+	if !bytes.Equal(got.Sum(nil), sent.Sum(nil)) {
+		t.Fatal("SHA-256 of the echoed stream differs from what was sent")
+	}
+}

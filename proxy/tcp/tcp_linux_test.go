@@ -2,13 +2,10 @@ package tcp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -879,29 +876,7 @@ func TestNoPipe(t *testing.T) {
 		const size = 16 << 20
 		_, be := newBackend(t, echo)
 		p, addr := startProxy(t, Config{Backend: be})
-		c := dial(t, addr)
-		c.SetDeadline(time.Now().Add(60 * time.Second))
-		sent := sha256.New()
-		errc := make(chan error, 1)
-		go func() {
-			src := rand.NewChaCha8([32]byte{4, 5, 6})
-			_, err := io.Copy(io.MultiWriter(c, sent), io.LimitReader(src, size))
-			if err == nil {
-				err = c.CloseWrite()
-			}
-			errc <- err
-		}()
-		got := sha256.New()
-		n, err := io.Copy(got, c)
-		if err != nil {
-			t.Fatalf("read after %d bytes: %v", n, err)
-		}
-		if err := <-errc; err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		if n != size || !bytes.Equal(got.Sum(nil), sent.Sum(nil)) {
-			t.Fatalf("read %d bytes, want %d with the same SHA-256", n, size)
-		}
+		echoHash(t, dial(t, addr), size, 4)
 		var s proxy.StreamSnapshot
 		p.EachMapping(func(_, _ netip.AddrPort, c *proxy.StreamCounters) { s = c.Snapshot() })
 		if s.BytesUp != size || s.BytesDown != size {

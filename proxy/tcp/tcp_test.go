@@ -1,13 +1,10 @@
 package tcp
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -112,34 +109,7 @@ func TestLargeTransferHash(t *testing.T) {
 	const size = 64 << 20
 	_, be := newBackend(t, echo)
 	_, addr := startProxy(t, Config{Backend: be})
-	c := dial(t, addr)
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-
-	sent := sha256.New()
-	errc := make(chan error, 1)
-	go func() {
-		src := rand.NewChaCha8([32]byte{1, 2, 3})
-		w := io.MultiWriter(c, sent)
-		_, err := io.Copy(w, io.LimitReader(src, size))
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		errc <- err
-	}()
-	got := sha256.New()
-	n, err := io.Copy(got, c)
-	if err != nil {
-		t.Fatalf("read after %d bytes: %v", n, err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if n != size {
-		t.Fatalf("read %d bytes, want %d", n, size)
-	}
-	if !bytes.Equal(got.Sum(nil), sent.Sum(nil)) {
-		t.Fatal("SHA-256 of the echoed stream differs from what was sent")
-	}
+	echoHash(t, dial(t, addr), size, 1)
 }
 
 func TestManyConnections(t *testing.T) {
