@@ -50,6 +50,22 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 	return p
 }
 
+// startCmdStatus starts cmd as startCmd does, with a status pipe as fd 3,
+// and returns what hostproxy wrote there.
+func startCmdStatus(t *testing.T, cmd *exec.Cmd) (*proc, string) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd.ExtraFiles = []*os.File{w}
+	p := startCmd(t, cmd)
+	w.Close()
+	p.status = r
+	return p, p.readStatus(t)
+}
+
 // waitFor polls cond until it holds, failing the test after wait.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -304,18 +320,9 @@ func TestSocketActivationOtherPID(t *testing.T) {
 	b := tcpEcho(t, lo4, 0, "b:")
 	for attempt := 1; ; attempt++ {
 		port := freePort(t, lo4)
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
 		cmd := exec.Command(hostproxyBin(t), "-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b))
 		cmd.Env = append(os.Environ(), fmt.Sprintf("LISTEN_PID=%d", os.Getpid()), "LISTEN_FDS=1")
-		cmd.ExtraFiles = []*os.File{w}
-		p := startCmd(t, cmd)
-		w.Close()
-		p.status = r
-		got := p.readStatus(t)
-		r.Close()
+		p, got := startCmdStatus(t, cmd)
 		if attempt < 5 && strings.Contains(got, "address already in use") {
 			continue
 		}
@@ -363,18 +370,9 @@ func TestSocketActivationBadCount(t *testing.T) {
 	b := tcpEcho(t, lo4, 0, "b:")
 	for attempt := 1; ; attempt++ {
 		port := freePort(t, lo4)
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
 		cmd := exec.Command(sh, "-c", `export LISTEN_PID=$$ LISTEN_FDS=many; exec "$0" "$@"`,
 			hostproxyBin(t), "-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b))
-		cmd.ExtraFiles = []*os.File{w}
-		p := startCmd(t, cmd)
-		w.Close()
-		p.status = r
-		got := p.readStatus(t)
-		r.Close()
+		p, got := startCmdStatus(t, cmd)
 		if attempt < 5 && strings.Contains(got, "address already in use") {
 			continue
 		}
