@@ -196,18 +196,7 @@ func noPortChild() int {
 	var lport atomic.Int64
 	echo := func(deadline time.Time) error {
 		from := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 45000 + int(lport.Add(1)%15000)}
-		c, err := net.DialTCP("tcp", from, net.TCPAddrFromAddrPort(addr))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(deadline)
-		if _, err := io.WriteString(c, "again"); err != nil {
-			return err
-		}
-		got := make([]byte, 5)
-		_, err = io.ReadFull(c, got)
-		return err
+		return echoOnce(from, addr, deadline)
 	}
 	used := 0
 	for ; used < 16; used++ {

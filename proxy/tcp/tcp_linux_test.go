@@ -432,7 +432,7 @@ func testEMFILERecovery(t *testing.T, mode string) {
 	// catches up (a dial can fail with EMFILE too), so try a few times.
 	deadline := time.Now().Add(waitFor)
 	for attempt := 1; ; attempt++ {
-		err := echoOnce(addr, deadline)
+		err := echoOnce(nil, addr, deadline)
 		if err == nil {
 			break
 		}
@@ -442,8 +442,10 @@ func testEMFILERecovery(t *testing.T, mode string) {
 	}
 }
 
-func echoOnce(addr netip.AddrPort, deadline time.Time) error {
-	c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(addr))
+// echoOnce connects to addr (from from, when not nil), sends "again" and
+// expects it echoed before deadline.
+func echoOnce(from *net.TCPAddr, addr netip.AddrPort, deadline time.Time) error {
+	c, err := net.DialTCP("tcp", from, net.TCPAddrFromAddrPort(addr))
 	if err != nil {
 		return err
 	}
