@@ -82,8 +82,15 @@ func (b *Backoff) Reset() { b.cur = 0 }
 
 // Sleep waits for the next delay or until done is closed; it reports whether
 // the full delay elapsed.
-func (b *Backoff) Sleep(done <-chan struct{}) bool {
-	t := time.NewTimer(b.Next())
+func (b *Backoff) Sleep(done <-chan struct{}) bool { return Sleep(b.Next(), done) }
+
+// Sleep waits for d or until done is closed; it reports whether the full
+// delay elapsed. A d of zero or less returns true at once.
+func Sleep(d time.Duration, done <-chan struct{}) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:

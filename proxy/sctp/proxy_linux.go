@@ -386,17 +386,7 @@ func (r *Range) waitHold() bool {
 	r.mu.Lock()
 	d := time.Until(r.holdUntil)
 	r.mu.Unlock()
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-r.stopped:
-		return false
-	}
+	return proxy.Sleep(d, r.stopped)
 }
 
 func (r *Range) isStopping() bool {

@@ -388,18 +388,7 @@ func (p *Proxy) waitHold() bool {
 	if until == 0 {
 		return true
 	}
-	d := time.Until(time.Unix(0, until))
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-p.stopping:
-		return false
-	}
+	return proxy.Sleep(time.Until(time.Unix(0, until)), p.stopping)
 }
 
 // start registers c, accepted on pt, and relays it in a new goroutine, or
