@@ -50,17 +50,19 @@ func writeGSO(t testing.TB, c *net.UDPConn, joined []byte, seg int, to netip.Add
 	}
 }
 
-// recordingEcho is a backend that records every datagram it receives, one
-// recvfrom each, and echoes it.
+// recordingEcho is a UDP backend on addr that records every datagram it
+// receives (when record is set), one recvfrom each, and echoes it; with
+// strip it answers with only what follows the datagram's PROXY v2 header.
 type recordingEcho struct {
-	c  *net.UDPConn
-	mu sync.Mutex
-	in [][]byte
+	c      *net.UDPConn
+	record bool
+	mu     sync.Mutex
+	in     [][]byte
 }
 
-func newRecordingEcho(t testing.TB) *recordingEcho {
+func newRecordingEcho(t testing.TB, addr string, record, strip bool) *recordingEcho {
 	t.Helper()
-	r := &recordingEcho{c: listenUDP(t, "127.0.0.1:0")}
+	r := &recordingEcho{c: listenUDP(t, addr), record: record}
 	r.c.SetReadBuffer(1 << 20)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -73,14 +75,29 @@ func newRecordingEcho(t testing.TB) *recordingEcho {
 			if err != nil {
 				return
 			}
-			r.mu.Lock()
-			r.in = append(r.in, bytes.Clone(buf[:n]))
-			r.mu.Unlock()
-			r.c.WriteToUDPAddrPort(buf[:n], from)
+			if r.record {
+				r.mu.Lock()
+				r.in = append(r.in, bytes.Clone(buf[:n]))
+				r.mu.Unlock()
+			}
+			reply := buf[:n]
+			if strip {
+				if n < 16 {
+					continue
+				}
+				h := 16 + int(buf[14])<<8 | int(buf[15])
+				if h > n {
+					continue
+				}
+				reply = buf[h:n]
+			}
+			r.c.WriteToUDPAddrPort(reply, from)
 		}
 	}()
 	return r
 }
+
+func (r *recordingEcho) addr() netip.AddrPort { return r.c.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 func (r *recordingEcho) received() [][]byte {
 	r.mu.Lock()
@@ -99,7 +116,7 @@ func TestGROFromClient(t *testing.T) {
 			if !gro {
 				t.Setenv(groEnv, "0")
 			}
-			backend := newRecordingEcho(t)
+			backend := newRecordingEcho(t, "127.0.0.1:0", true, false)
 			p := start(t, hostSocket(t, "0.0.0.0:0"), Config{Backend: backend.c.LocalAddr().(*net.UDPAddr).AddrPort()})
 			if p.gro != gro {
 				t.Fatalf("UDP GRO on the host socket: %v, want %v", p.gro, gro)

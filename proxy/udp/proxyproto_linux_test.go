@@ -7,61 +7,12 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/proxy/proxyproto"
 )
-
-// stripEcho is a backend that records every datagram it receives (when
-// record is set), one recvfrom each, and answers with what follows its
-// PROXY v2 header.
-type stripEcho struct {
-	c      *net.UDPConn
-	record bool
-	mu     sync.Mutex
-	in     [][]byte
-}
-
-func newStripEcho(t testing.TB, addr string, record bool) *stripEcho {
-	t.Helper()
-	r := &stripEcho{c: listenUDP(t, addr), record: record}
-	r.c.SetReadBuffer(1 << 20)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	t.Cleanup(func() { r.c.Close(); wg.Wait() })
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, MaxDatagram)
-		for {
-			n, from, err := r.c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if r.record {
-				r.mu.Lock()
-				r.in = append(r.in, bytes.Clone(buf[:n]))
-				r.mu.Unlock()
-			}
-			if n >= 16 {
-				if h := 16 + int(buf[14])<<8 | int(buf[15]); h <= n {
-					r.c.WriteToUDPAddrPort(buf[h:n], from)
-				}
-			}
-		}
-	}()
-	return r
-}
-
-func (r *stripEcho) received() [][]byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([][]byte(nil), r.in...)
-}
-
-func (r *stripEcho) addr() netip.AddrPort { return r.c.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 // TestProxyProtocolUDP: with ProxyProtocol V2 every datagram reaches the
 // backend as one datagram that starts with the v2 DGRAM header (source the
@@ -86,7 +37,7 @@ func TestProxyProtocolUDP(t *testing.T) {
 				} else {
 					t.Setenv(gsoEnv, "0")
 				}
-				backend := newStripEcho(t, tc.backend, true)
+				backend := newRecordingEcho(t, tc.backend, true, true)
 				p := start(t, dualStackSocket(t, tc.host), Config{Backend: backend.addr(), ProxyProtocol: proxyproto.V2})
 				to := netip.AddrPortFrom(netip.MustParseAddr(tc.to), hostPort(p).Port())
 				client := listenUDP(t, map[bool]string{false: "127.0.0.1:0", true: "[::1]:0"}[netip.MustParseAddr(tc.to).Is6()])
@@ -177,7 +128,7 @@ func TestProxyProtocolUDPv1(t *testing.T) {
 // header on every datagram to the backend: -benchmem shows that the header
 // (an iovec of the flow's, computed once) allocates nothing either.
 func BenchmarkRoundTripProxyProtocol(b *testing.B) {
-	backend := newStripEcho(b, "127.0.0.1:0", false)
+	backend := newRecordingEcho(b, "127.0.0.1:0", false, true)
 	p := start(b, hostSocket(b, "127.0.0.1:0"), Config{Backend: backend.addr(), ProxyProtocol: proxyproto.V2})
 	c := dial(b, hostPort(p))
 	msg, buf := make([]byte, 64), make([]byte, 2048)
