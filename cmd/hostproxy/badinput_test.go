@@ -18,11 +18,7 @@ import (
 // writes "1\n<reason>" on fd 3 and one line on stderr, and never panics.
 func TestBadInput(t *testing.T) {
 	// A port in use, for the self-binding engine mode.
-	busy, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { busy.Close() })
+	busy := listenTCP4(t)
 	busyPort := itoa(uint16(busy.Addr().(*net.TCPAddr).Port))
 
 	engine := func(proto, hostIP, hostPort, cIP, cPort string, more ...string) []string {

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -99,16 +98,8 @@ func TestLogTargetAutoDevNull(t *testing.T) {
 	t.Parallel()
 	j := listenJournal(t)
 	b := tcpEcho(t, lo4, 0, "b:")
-	tl, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tl.Close()
-	spare, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spare.Close()
+	tl := listenTCP4(t)
+	spare := listenTCP4(t)
 	files := []*os.File{socketFile(t, tl), socketFile(t, spare)}
 	cmd := activationCmd(t, []string{"web", "spare"}, files, "-L", fmt.Sprintf("%s:%s", tl.Addr(), b), "-log-level", "info")
 	cmd.Env = j.env()

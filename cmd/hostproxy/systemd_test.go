@@ -50,6 +50,18 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 	return p
 }
 
+// listenTCP4 returns a TCP socket listening on 127.0.0.1, a port of the
+// kernel's choice, closed at cleanup.
+func listenTCP4(t *testing.T) *net.TCPListener {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
 // startCmdStatus starts cmd as startCmd does, with a status pipe as fd 3,
 // and returns what hostproxy wrote there.
 func startCmdStatus(t *testing.T, cmd *exec.Cmd) (*proc, string) {
@@ -265,21 +277,13 @@ func TestSocketActivation(t *testing.T) {
 	t.Parallel()
 	b := tcpEcho(t, lo4, 0, "b:")
 	u := udpEcho(t, lo4, 0, "u:")
-	tl, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tl.Close()
+	tl := listenTCP4(t)
 	ul, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ul.Close()
-	spare, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spare.Close()
+	spare := listenTCP4(t)
 	tport := netip.MustParseAddrPort(tl.Addr().String())
 	uport := netip.MustParseAddrPort(ul.LocalAddr().String())
 	sport := netip.MustParseAddrPort(spare.Addr().String())
