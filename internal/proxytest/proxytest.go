@@ -311,3 +311,25 @@ func serveTwice(t *testing.T, h Harness) {
 		t.Fatalf("first Serve after Close = %v, want nil", err)
 	}
 }
+
+// Serve runs p.Serve in a goroutine for the rest of the test; at cleanup it
+// closes p and fails t if Close or Serve returns an error, or if Serve does
+// not return within WaitFor of Close.
+func Serve(t testing.TB, p proxy.Proxy) {
+	t.Helper()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("Serve returned %v, want nil", err)
+			}
+		case <-time.After(WaitFor):
+			t.Errorf("Serve did not return within %v of Close", WaitFor)
+		}
+	})
+}

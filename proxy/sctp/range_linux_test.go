@@ -128,16 +128,7 @@ func startRange(t *testing.T, n int, cfg sctp.Config) (*sctp.Range, []netip.Addr
 	if err != nil {
 		t.Fatalf("NewRange: %v", err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- r.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	proxytest.Serve(t, r)
 	return r, addrs
 }
 
@@ -198,22 +189,6 @@ func TestSCTPRangeRelaysEachPortAndCounts(t *testing.T) {
 		if wantResets := uint64(0); i == 0 && s.Resets != 1 || i > 0 && s.Resets != wantResets {
 			t.Errorf("socket %d: %d resets", i, s.Resets)
 		}
-	}
-}
-
-func TestSCTPDialErrorsCounted(t *testing.T) {
-	testenv.RequireSCTP(t)
-	ln, err := sctp.Listen(netip.AddrPortFrom(lo4, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr()
-	ln.Close()
-	p, addr := startProxy(t, lo4, sctp.Config{Backend: dead})
-	expectEnd(t, dial(t, addr), "client of a refused backend")
-	waitUntil(t, "dial error counted", func() bool { return counters(p)[addr].DialErrors == 1 })
-	if s := counters(p)[addr]; s.Accepted != 1 {
-		t.Errorf("counters %+v, want 1 accepted", s)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hostproxy/hostproxy/internal/proxytest"
 	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/logging"
 	"github.com/hostproxy/hostproxy/proxy"
@@ -197,21 +198,7 @@ func startProxy(t *testing.T, listen netip.Addr, cfg sctp.Config) (*sctp.Proxy, 
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve returned %v, want nil", err)
-			}
-		case <-time.After(waitFor):
-			t.Errorf("Serve did not return within %v of Close", waitFor)
-		}
-	})
+	proxytest.Serve(t, p)
 	a, ok := p.Addr().(*sctp.Addr)
 	if !ok || p.Addr().Network() != "sctp" {
 		t.Fatalf("Addr() = %#v, want an *sctp.Addr", p.Addr())
@@ -437,6 +424,8 @@ func TestSCTPManyAssociations(t *testing.T) {
 	}
 }
 
+// TestSCTPBackendRefusedClosesClient: a client of a backend that refuses is
+// closed, the proxy keeps serving, and each refused dial is counted.
 func TestSCTPBackendRefusedClosesClient(t *testing.T) {
 	testenv.RequireSCTP(t)
 	// A port nobody listens on: the backend answers INIT with ABORT.
@@ -447,12 +436,16 @@ func TestSCTPBackendRefusedClosesClient(t *testing.T) {
 	dead := ln.Addr()
 	ln.Close()
 
-	_, addr := startProxy(t, lo4, sctp.Config{Backend: dead})
+	p, addr := startProxy(t, lo4, sctp.Config{Backend: dead})
 	for i := range 2 { // the proxy keeps serving after a refused backend
 		c := dial(t, addr)
 		start := time.Now()
 		expectEnd(t, c, fmt.Sprintf("client %d", i))
 		t.Logf("client %d closed %v after the refused dial", i, time.Since(start).Round(time.Millisecond))
+		waitUntil(t, "dial error counted", func() bool { return counters(p)[addr].DialErrors == uint64(i+1) })
+		if s := counters(p)[addr]; s.Accepted != uint64(i+1) {
+			t.Errorf("counters %+v, want %d accepted", s, i+1)
+		}
 	}
 }
 

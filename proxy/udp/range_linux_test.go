@@ -1,7 +1,6 @@
 package udp
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hostproxy/hostproxy/internal/proxytest"
 )
 
 // startRange serves a range of n host sockets on 127.0.0.1, socket i relayed
@@ -34,16 +35,7 @@ func startRange(t testing.TB, n int, cfg Config) (*Range, []netip.AddrPort) {
 	for _, m := range ms {
 		m.File.Close() // the range has its own descriptors
 	}
-	served := make(chan error, 1)
-	go func() { served <- r.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	proxytest.Serve(t, r)
 	return r, addrs
 }
 

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/hostproxy/hostproxy/internal/proxytest"
 	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
@@ -39,16 +40,7 @@ func start(t testing.TB, f *os.File, cfg Config) *Proxy {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	proxytest.Serve(t, p)
 	return p
 }
 
