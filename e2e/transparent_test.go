@@ -348,13 +348,15 @@ func TestTransparentTCP(t *testing.T) {
 		v6 := netip.AddrPortFrom(tpHostOut6, 8200)
 		mixed := netip.AddrPortFrom(tpHostOut6, 8201) // IPv6 clients, IPv4 container
 		onHost := netip.AddrPortFrom(tpHostOut, 8202) // a backend on the host
+		v4b := netip.AddrPortFrom(tpHostOut, 8203)    // v4's backend again
 		backend4 := netip.AddrPortFrom(tpContainer, tpEchoPort)
 		backend6 := netip.AddrPortFrom(tpContainer6, tpEchoPort)
 		p := spawnTransparent(t, host, hostproxy, nil, "-transparent", "-dial-timeout", dialTimeout,
 			"-L", fmt.Sprintf("%s:%s", v4, backend4),
 			"-L", fmt.Sprintf("%s:%s", v6, backend6),
 			"-L", fmt.Sprintf("%s:%s", mixed, backend4),
-			"-L", fmt.Sprintf("%s:%s", onHost, netip.AddrPortFrom(tpHostIn, hostEchoPort)))
+			"-L", fmt.Sprintf("%s:%s", onHost, netip.AddrPortFrom(tpHostIn, hostEchoPort)),
+			"-L", fmt.Sprintf("%s:%s", v4b, backend4))
 		viaL = v4
 
 		clientsAtOnce(t, client, v4, 8)
@@ -385,18 +387,8 @@ func TestTransparentTCP(t *testing.T) {
 		host.exec(t, nil, "ip", "addr", "add", added.String()+"/32", "dev", "lo")
 		var last netip.AddrPort
 		waitFor(t, 5*time.Second, "a connection from the host's new address "+added.String()+" to keep the normal source", func() bool {
-			var c *net.TCPConn
-			err := host.do(func() error {
-				d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: added.AsSlice()}}
-				nc, err := d.Dial("tcp", v4.String())
-				if err == nil {
-					c = nc.(*net.TCPConn)
-				}
-				return err
-			})
-			if err != nil {
-				t.Fatalf("host dial %s from %s: %v", v4, added, err)
-			}
+			c := dialFrom(t, host, net.TCPAddr{IP: added.AsSlice()}, v4, false)
+			var err error
 			if last, err = roundTripTCP(c, "from a new host address\n"); err != nil {
 				t.Fatalf("host to %s from %s: %v", v4, added, err)
 			}
@@ -411,23 +403,34 @@ func TestTransparentTCP(t *testing.T) {
 		}
 		defer busy.Close()
 		busyPort := busy.Addr().(*net.TCPAddr).Port
-		var c *net.TCPConn
-		err := client.do(func() error {
-			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: tpClient.AsSlice(), Port: busyPort}}
-			nc, err := d.Dial("tcp", v4.String())
-			if err == nil {
-				c = nc.(*net.TCPConn)
-			}
-			return err
-		})
-		if err != nil {
-			t.Fatalf("client from port %d: %v", busyPort, err)
-		}
+		c := dialFrom(t, client, net.TCPAddr{IP: tpClient.AsSlice(), Port: busyPort}, v4, false)
 		if peer, err := roundTripTCP(c, "port taken\n"); err != nil {
 			t.Errorf("client from port %d: %v", busyPort, err)
 		} else if peer.Addr() != tpClient || peer.Port() == uint16(busyPort) {
 			t.Errorf("client from %s:%d whose port is bound on the host: container saw %s, want %s with another port", tpClient, busyPort, peer, tpClient)
 		}
+
+		// A client port used again while the host holds the TIME_WAIT of
+		// its last backend connection (hostproxy sent the first FIN) is
+		// kept; and while a connection from it to the same backend is
+		// open, the next one leaves from another port of its address.
+		const again = 31001 // below the ephemeral range: no other client has it
+		if peer, err := roundTripTCP(dialFrom(t, client, net.TCPAddr{Port: again}, v4, true), "first\n"); err != nil || peer != netip.AddrPortFrom(tpClient, again) {
+			t.Fatalf("client from port %d: container saw %s (%v), want the client's own", again, peer, err)
+		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("the host's TIME_WAIT from %s:%d", tpClient, again), func() bool {
+			return strings.TrimSpace(host.exec(t, nil, "ss", "-Htn", "state", "time-wait", "src", fmt.Sprintf("%s:%d", tpClient, again))) != ""
+		})
+		open := dialFrom(t, client, net.TCPAddr{Port: again}, v4b, true)
+		if peer, err := peerLine(open); err != nil || peer != netip.AddrPortFrom(tpClient, again) {
+			t.Errorf("client from port %d again, through another mapping: container saw %s (%v), want the client's own port", again, peer, err)
+		}
+		if peer, err := roundTripTCP(dialFrom(t, client, net.TCPAddr{Port: again}, v4, true), "while open\n"); err != nil {
+			t.Errorf("client from port %d while a connection from it is open: %v", again, err)
+		} else if peer.Addr() != tpClient || peer.Port() == again {
+			t.Errorf("client from port %d while a connection from it is open: container saw %s, want %s with another port", again, peer, tpClient)
+		}
+		open.Close()
 
 		// The container's neighbour on its bridge keeps the host's
 		// source: from the client's address the container would answer it
@@ -487,7 +490,7 @@ func TestTransparentTCP(t *testing.T) {
 		// hostproxy; the dial times out and the client, already accepted,
 		// is reset after -dial-timeout.
 		removeRules()
-		c, err = client.dialTCP(viaL, 5*time.Second)
+		c, err := client.dialTCP(viaL, 5*time.Second)
 		if err != nil {
 			t.Fatalf("client dial %s without the rules: %v (the accept does not need them)", viaL, err)
 		}
@@ -503,4 +506,54 @@ func TestTransparentTCP(t *testing.T) {
 		}
 		p.stop(t)
 	})
+}
+
+// dialFrom connects in ns from local to addr; with reuse, with
+// SO_REUSEADDR, so that a port may be used again at once, toward another
+// address or over the client's own TIME_WAIT.
+func dialFrom(t *testing.T, ns netns, local net.TCPAddr, addr netip.AddrPort, reuse bool) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &local}
+	if reuse {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	var c *net.TCPConn
+	err := ns.do(func() error {
+		nc, err := d.Dial("tcp", addr.String())
+		if err == nil {
+			c = nc.(*net.TCPConn)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial %s from %s in %s: %v", addr, &local, ns.name, err)
+	}
+	return c
+}
+
+// peerLine reads the echo server's first line from c, the address it saw,
+// and leaves c open.
+func peerLine(c *net.TCPConn) (netip.AddrPort, error) {
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return netip.AddrPort{}, err
+	}
+	var line []byte
+	b := make([]byte, 1)
+	for {
+		if _, err := c.Read(b); err != nil {
+			return netip.AddrPort{}, fmt.Errorf("read from %s: %w (got %q)", c.RemoteAddr(), err, line)
+		}
+		if b[0] == '\n' {
+			return netip.ParseAddrPort(string(line))
+		}
+		line = append(line, b[0])
+	}
 }

@@ -28,11 +28,18 @@ func (b *TransparentBackend) ClientSource(sa *[unix.SizeofSockaddrInet6]byte, ap
 }
 
 // BindTransparent sets IP_TRANSPARENT (IPV6_TRANSPARENT for an AF_INET6
-// sa) on fd, a TCP or UDP socket of sa's family not yet bound, and binds
-// it to sa, an address that need not be the host's: two system calls.
+// sa) on fd, a TCP (stream) or UDP socket of sa's family not yet bound, and
+// binds it to sa, an address that need not be the host's: two system
+// calls, three for TCP, which also gets SO_REUSEADDR first. Then a
+// TIME_WAIT that an earlier connection from the same client port left here
+// does not take the port: the bind shares it, and connect takes over the
+// TIME_WAIT of the same four addresses and ports (the kernel allows that
+// to a bound socket when TCP timestamps were on). When a connection between
+// the same four is open, connect fails with EADDRNOTAVAIL instead; the
+// caller then binds a new socket with BindTransparentOtherPort.
 //
-// When sa's port is taken (EADDRINUSE) it is by another connection or flow
-// of the client here, or by the client itself, a process of the host
+// When sa's port is taken (EADDRINUSE) it is by another flow of the client
+// here (UDP), a listener, or the client itself, a process of the host
 // whose socket holds its port. A bind of sa's address with port 0 without
 // IP_TRANSPARENT, which succeeds only for a host address, tells the two
 // apart: for the host's own client it reports BoundHostClient, otherwise it
@@ -43,8 +50,14 @@ func (b *TransparentBackend) ClientSource(sa *[unix.SizeofSockaddrInet6]byte, ap
 // source.
 //
 // sa is left as it was. It allocates nothing unless it fails.
-func BindTransparent(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32) (Bound, error) {
+func BindTransparent(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32, stream bool) (Bound, error) {
 	level, opt := transparentOpt(binary.NativeEndian.Uint16(sa[:]) == unix.AF_INET6)
+	if stream {
+		var one int32 = 1
+		if _, _, errno := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, uintptr(unsafe.Pointer(&one)), 4, 0); errno != 0 {
+			return 0, os.NewSyscallError("setsockopt SO_REUSEADDR", errno)
+		}
+	}
 	if err := setTransparent(fd, level, opt, 1); err != nil {
 		return 0, err
 	}
@@ -75,6 +88,25 @@ func BindTransparent(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32) (Boun
 		return 0, bindError(sa, n, errno)
 	}
 	return BoundOtherPort, nil
+}
+
+// BindTransparentOtherPort sets IP_TRANSPARENT (IPV6_TRANSPARENT) on fd, a
+// TCP socket of sa's family not yet bound, and binds it to sa's address
+// with a port the kernel picks: for a backend connection whose connect from
+// the client's port failed with EADDRNOTAVAIL (BindTransparent). sa is left
+// as it was.
+func BindTransparentOtherPort(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32) error {
+	level, opt := transparentOpt(binary.NativeEndian.Uint16(sa[:]) == unix.AF_INET6)
+	if err := setTransparent(fd, level, opt, 1); err != nil {
+		return err
+	}
+	port := [2]byte{sa[2], sa[3]}
+	sa[2], sa[3] = 0, 0
+	defer func() { sa[2], sa[3] = port[0], port[1] }()
+	if errno := bind(fd, sa, n); errno != 0 {
+		return bindError(sa, n, errno)
+	}
+	return nil
 }
 
 func transparentOpt(v6 bool) (level, opt int) {

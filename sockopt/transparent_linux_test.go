@@ -46,16 +46,19 @@ func socket(t *testing.T, v6 bool, typ int) int {
 
 // TestBindTransparent is the contract of the bind, for TCP and UDP alike,
 // IPv4 and IPv6: a socket binds an address the host does not have, with
-// the client's port; when that port is taken (by a socket bound there
-// before), the address with another port; and when the client is one of
-// the host's own addresses holding its port, BoundHostClient. The sockaddr
-// is left as it was.
+// the client's port; when that port is taken (by a UDP socket bound there
+// before, or a TCP listener), the address with another port. TCP sockets
+// share the client's port with each other (SO_REUSEADDR: a TIME_WAIT does
+// not take it), and BindTransparentOtherPort binds the address with
+// another port. When the client is one of the host's own addresses holding
+// its port, BoundHostClient. The sockaddr is left as it was.
 func TestBindTransparent(t *testing.T) {
 	testenv.RequireNetAdmin(t)
 	for _, typ := range []struct {
-		name string
-		typ  int
-	}{{"tcp", unix.SOCK_STREAM}, {"udp", unix.SOCK_DGRAM}} {
+		name   string
+		typ    int
+		stream bool
+	}{{"tcp", unix.SOCK_STREAM, true}, {"udp", unix.SOCK_DGRAM, false}} {
 		for _, fam := range []struct {
 			name   string
 			v6     bool
@@ -70,23 +73,58 @@ func TestBindTransparent(t *testing.T) {
 					testenv.Require(t, ipv6Loopback(), "no IPv6 loopback")
 				}
 				client := netip.AddrPortFrom(fam.remote, 40001)
-				for i, want := range []sockopt.Bound{sockopt.BoundClientPort, sockopt.BoundOtherPort} {
+				check := func(i int, fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32, keepPort bool) {
+					t.Helper()
+					if back, _, _ := sockopt.ParseSockaddr(sa[:n]); back != client {
+						t.Errorf("socket %d: sa left as %s, want %s", i, back, client)
+					}
+					bound := boundTo(t, fd)
+					if bound.Addr() != client.Addr() || (bound.Port() == client.Port()) != keepPort || bound.Port() == 0 {
+						t.Errorf("socket %d bound to %s, want %s with port kept %v", i, bound, client.Addr(), keepPort)
+					}
+				}
+				want := []sockopt.Bound{sockopt.BoundClientPort, sockopt.BoundOtherPort}
+				if typ.stream {
+					want[1] = sockopt.BoundClientPort
+				}
+				for i, want := range want {
 					fd := socket(t, fam.v6, typ.typ)
 					var sa [unix.SizeofSockaddrInet6]byte
 					n := sockopt.PutSockaddr(sa[:], fam.v6, client, 0)
-					got, err := sockopt.BindTransparent(fd, &sa, n)
+					got, err := sockopt.BindTransparent(fd, &sa, n, typ.stream)
 					if err != nil {
 						t.Fatalf("socket %d: %v", i, err)
 					}
 					if got != want {
 						t.Errorf("socket %d: %d, want %d", i, got, want)
 					}
-					if back, _, _ := sockopt.ParseSockaddr(sa[:n]); back != client {
-						t.Errorf("socket %d: BindTransparent left %s in sa, want %s", i, back, client)
+					check(i, fd, &sa, n, want == sockopt.BoundClientPort)
+				}
+				if typ.stream {
+					var sa [unix.SizeofSockaddrInet6]byte
+					n := sockopt.PutSockaddr(sa[:], fam.v6, client, 0)
+					fd := socket(t, fam.v6, typ.typ)
+					if err := sockopt.BindTransparentOtherPort(fd, &sa, n); err != nil {
+						t.Fatalf("BindTransparentOtherPort: %v", err)
 					}
-					bound := boundTo(t, fd)
-					if bound.Addr() != client.Addr() || (bound.Port() == client.Port()) != (want == sockopt.BoundClientPort) || bound.Port() == 0 {
-						t.Errorf("socket %d bound to %s, want %s with port kept %v", i, bound, client.Addr(), want == sockopt.BoundClientPort)
+					check(2, fd, &sa, n, false)
+
+					// A listener holds its port even against SO_REUSEADDR.
+					busy := netip.AddrPortFrom(client.Addr(), client.Port()+1)
+					n = sockopt.PutSockaddr(sa[:], fam.v6, busy, 0)
+					ln := socket(t, fam.v6, typ.typ)
+					if _, err := sockopt.BindTransparent(ln, &sa, n, false); err != nil {
+						t.Fatal(err)
+					}
+					if err := unix.Listen(ln, 1); err != nil {
+						t.Fatal(err)
+					}
+					fd = socket(t, fam.v6, typ.typ)
+					if got, err := sockopt.BindTransparent(fd, &sa, n, true); err != nil || got != sockopt.BoundOtherPort {
+						t.Errorf("client %s whose port a listener holds: %d, %v; want BoundOtherPort", busy, got, err)
+					}
+					if bound := boundTo(t, fd); bound.Addr() != busy.Addr() || bound.Port() == busy.Port() {
+						t.Errorf("client %s whose port a listener holds: bound to %s", busy, bound)
 					}
 				}
 
@@ -99,7 +137,7 @@ func TestBindTransparent(t *testing.T) {
 				hostClient := boundTo(t, own)
 				fd := socket(t, fam.v6, typ.typ)
 				n := sockopt.PutSockaddr(sa[:], fam.v6, hostClient, 0)
-				if got, err := sockopt.BindTransparent(fd, &sa, n); err != nil || got != sockopt.BoundHostClient {
+				if got, err := sockopt.BindTransparent(fd, &sa, n, typ.stream); err != nil || got != sockopt.BoundHostClient {
 					t.Errorf("client %s of the host: %d, %v; want BoundHostClient", hostClient, got, err)
 				}
 			})
@@ -112,6 +150,7 @@ func TestBindTransparent(t *testing.T) {
 func TestBindTransparentAllocs(t *testing.T) {
 	testenv.RequireNetAdmin(t)
 	for _, typ := range []int{unix.SOCK_STREAM, unix.SOCK_DGRAM} {
+		stream := typ == unix.SOCK_STREAM
 		var sa [unix.SizeofSockaddrInet6]byte
 		port := uint16(40100)
 		n := testing.AllocsPerRun(50, func() {
@@ -121,7 +160,7 @@ func TestBindTransparentAllocs(t *testing.T) {
 				panic(err)
 			}
 			n := sockopt.PutSockaddr(sa[:], false, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, 78}), port), 0)
-			if b, err := sockopt.BindTransparent(fd, &sa, n); err != nil || b != sockopt.BoundClientPort {
+			if b, err := sockopt.BindTransparent(fd, &sa, n, stream); err != nil || b != sockopt.BoundClientPort {
 				panic(err)
 			}
 			unix.Close(fd)
@@ -139,10 +178,10 @@ func TestBindTransparentFails(t *testing.T) {
 	fd := socket(t, false, unix.SOCK_DGRAM)
 	var sa [unix.SizeofSockaddrInet6]byte
 	n := sockopt.PutSockaddr(sa[:], false, netip.MustParseAddrPort("192.0.2.77:40001"), 0)
-	if _, err := sockopt.BindTransparent(fd, &sa, n); err != nil {
+	if _, err := sockopt.BindTransparent(fd, &sa, n, false); err != nil {
 		t.Fatal(err)
 	}
-	_, err := sockopt.BindTransparent(fd, &sa, n) // already bound
+	_, err := sockopt.BindTransparent(fd, &sa, n, false) // already bound
 	if !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "192.0.2.77:40001") {
 		t.Errorf("second bind of one socket: %v; want EINVAL naming 192.0.2.77:40001", err)
 	}

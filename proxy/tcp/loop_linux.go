@@ -158,6 +158,7 @@ type loop struct {
 	peer    [unix.SizeofSockaddrInet6]byte
 	peerLen uint32
 	src     [unix.SizeofSockaddrInet6]byte
+	srcLen  uint32
 }
 
 // loopCount returns how many event loops a Proxy runs, and how many of
@@ -679,13 +680,24 @@ func (l *loop) open(pt *port, fd int) {
 	}
 	bfd := int(r)
 	c.fd[sideBackend] = int32(bfd)
+	bound := sockopt.BoundOtherPort
 	if p.transparent && pt.tpSource {
-		if bfd = l.bindSource(c, idx, pt, bfd); bfd < 0 {
+		if bfd, bound = l.bindSource(c, idx, pt, bfd); bfd < 0 {
 			return
 		}
 	}
 	setBackendOptions(bfd, p.keepCnt)
 	_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+	if errno == unix.EADDRNOTAVAIL && bound == sockopt.BoundClientPort {
+		// A connection from the client's address and port to the backend
+		// is open here already (sockopt.BindTransparent): this one leaves
+		// from another port of the client's address.
+		if bfd = l.rebindOtherPort(c, idx, pt, bfd); bfd < 0 {
+			return
+		}
+		setBackendOptions(bfd, p.keepCnt)
+		_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+	}
 	switch errno {
 	case 0, unix.EINPROGRESS:
 	default:
@@ -720,46 +732,87 @@ func (l *loop) open(pt *port, fd int) {
 // wildcard, as the address the client wrote to; sockopt.BindTransparent).
 // It returns the socket to connect: bfd, or for a client found to be one of
 // the host's own addresses a new socket, which keeps the host's normal
-// source. A client of another family than the backend is logged once. It
-// returns -1 when the bind failed: the dial has then failed and c is
+// source; and how it was bound (BoundHostClient also for a socket left
+// unbound). A client of another family than the backend is logged once.
+// It returns -1 when the bind failed: the dial has then failed and c is
 // reset. It allocates nothing unless it logs or fails.
-func (l *loop) bindSource(c *conn, idx int32, pt *port, bfd int) int {
+func (l *loop) bindSource(c *conn, idx int32, pt *port, bfd int) (int, sockopt.Bound) {
 	p := l.p
 	peer, scope, _ := sockopt.ParseSockaddr(l.peer[:l.peerLen])
 	n, src := pt.tb.ClientSource(&l.src, peer, scope, pt.listen.Addr())
+	l.srcLen = n
 	switch src {
 	case sockopt.SourceHost:
-		return bfd
+		return bfd, sockopt.BoundHostClient
 	case sockopt.SourceOtherFamily:
 		if !p.otherFamily.Swap(true) {
 			p.logFor(pt).Warn("transparent: a client of another address family than the backend keeps the host's source address (logged once)",
 				logging.AddrPort("client", peer))
 		}
-		return bfd
+		return bfd, sockopt.BoundHostClient
 	}
-	bound, err := sockopt.BindTransparent(bfd, &l.src, n)
+	bound, err := sockopt.BindTransparent(bfd, &l.src, n, true)
 	if err != nil {
-		from, _, _ := sockopt.ParseSockaddr(l.src[:n])
-		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(from), Addr: net.TCPAddrFromAddrPort(pt.backend), Err: err})
-		return -1
+		l.sourceFailed(c, idx, pt, err)
+		return -1, bound
 	}
 	switch bound {
 	case sockopt.BoundHostClient:
-		r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(pt.family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if errno != 0 {
-			l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", errno)})
-			return -1
+		if bfd = l.replaceBackend(c, idx, pt, bfd); bfd < 0 {
+			return -1, bound
 		}
-		unix.Close(bfd)
-		bfd = int(r)
-		c.fd[sideBackend] = int32(bfd)
 	case sockopt.BoundOtherPort:
-		if p.log.Enabled(zapcore.DebugLevel) {
-			p.logFor(pt).Debug("transparent: the client's port is taken; the backend connection leaves from another port of its address",
-				logging.AddrPort("client", peer))
-		}
+		l.logOtherPort(pt, peer)
 	}
+	return bfd, bound
+}
+
+// rebindOtherPort replaces c's backend socket bfd, bound to the client's
+// address and port, whose connect failed with EADDRNOTAVAIL, by one bound
+// to the client's address with another port (sockopt.BindTransparent). It
+// returns the new socket, or -1 when that failed: the dial has then failed
+// and c is reset.
+func (l *loop) rebindOtherPort(c *conn, idx int32, pt *port, bfd int) int {
+	if bfd = l.replaceBackend(c, idx, pt, bfd); bfd < 0 {
+		return -1
+	}
+	if err := sockopt.BindTransparentOtherPort(bfd, &l.src, l.srcLen); err != nil {
+		l.sourceFailed(c, idx, pt, err)
+		return -1
+	}
+	peer, _, _ := sockopt.ParseSockaddr(l.peer[:l.peerLen])
+	l.logOtherPort(pt, peer)
 	return bfd
+}
+
+// replaceBackend closes c's backend socket bfd and opens another in its
+// place, which it returns; or -1 when that failed: the dial has then
+// failed and c is reset.
+func (l *loop) replaceBackend(c *conn, idx int32, pt *port, bfd int) int {
+	r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(pt.family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", errno)})
+		return -1
+	}
+	unix.Close(bfd)
+	c.fd[sideBackend] = int32(r)
+	return int(r)
+}
+
+// sourceFailed fails c's dial for err, a failed transparent bind to the
+// client's address in l.src.
+func (l *loop) sourceFailed(c *conn, idx int32, pt *port, err error) {
+	from, _, _ := sockopt.ParseSockaddr(l.src[:l.srcLen])
+	l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(from), Addr: net.TCPAddrFromAddrPort(pt.backend), Err: err})
+}
+
+// logOtherPort says at debug level that peer's backend connection leaves
+// from another port of its address.
+func (l *loop) logOtherPort(pt *port, peer netip.AddrPort) {
+	if l.p.log.Enabled(zapcore.DebugLevel) {
+		l.p.logFor(pt).Debug("transparent: the client's port is taken; the backend connection leaves from another port of its address",
+			logging.AddrPort("client", peer))
+	}
 }
 
 // setBackendOptions gives a backend socket what the listening sockets give

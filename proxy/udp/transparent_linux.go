@@ -31,7 +31,7 @@ func (p *Proxy) bindSource(fd int, key flowKey, pi sockopt.Pktinfo) (int, error)
 		}
 		return fd, nil
 	}
-	bound, err := sockopt.BindTransparent(fd, &p.src, n)
+	bound, err := sockopt.BindTransparent(fd, &p.src, n, false)
 	if err != nil {
 		unix.Close(fd)
 		return -1, err
