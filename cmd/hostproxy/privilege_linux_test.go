@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,14 +28,14 @@ var (
 	privErr  error
 )
 
-// privBin is hostproxy as shipped (static, CGO_ENABLED=0, which changes
-// per-thread state on every thread) with the test-only trigger compiled in
-// (-tags hostproxy_testtrigger, privilege_trigger.go).
+// privBin is hostproxy as shipped (testenv.ReleaseEnv: static, which
+// changes per-thread state on every thread, with the entry point that
+// clears the bounding set) with the test-only trigger compiled in (-tags
+// hostproxy_testtrigger, privilege_trigger.go).
 func privBin(t *testing.T) string {
 	t.Helper()
 	privOnce.Do(func() {
-		env := append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-tags=hostproxy_testtrigger")
-		privPath, privErr = buildHostproxy("hostproxy-priv", env)
+		privPath, privErr = buildHostproxy("hostproxy-priv", testenv.ReleaseEnv("-tags=hostproxy_testtrigger"))
 	})
 	if privErr != nil {
 		t.Fatal(privErr)
@@ -248,6 +249,22 @@ func TestPrivilegeDropped(t *testing.T) {
 		checkThreads(t, p.cmd.Process.Pid, w)
 		checkTCP(t, host, "backend:")
 		p.stop(t, syscall.SIGTERM)
+	})
+	t.Run("the entry point cleared the bounding set", func(t *testing.T) {
+		testenv.Require(t, runtime.GOARCH == "amd64" || runtime.GOARCH == "arm64", "the entry point is built for amd64 and arm64 only")
+		backend := tcpEcho(t, lo4, 0, "backend:")
+		var host netip.AddrPort
+		p := startOnFreePorts(t, spawn{bin: bin}, func() ([]string, string) {
+			host = netip.AddrPortFrom(lo4, freePort(t, lo4))
+			return append(engineArgs("tcp", host, backend), "-log-level", "debug"), "0\n"
+		})
+		checkThreads(t, p.cmd.Process.Pid, w)
+		checkTCP(t, host, "backend:")
+		p.stop(t, syscall.SIGTERM)
+		// Drop found the set empty: no stop of the world per capability.
+		if !strings.Contains(p.stderr.String(), `"bounding_dropped": 0}`) {
+			t.Errorf("the drop cleared the bounding set itself (built without %s?); stderr:\n%s", testenv.EntryLDFlags, p.stderr)
+		}
 	})
 	t.Run("-user UID:GID", func(t *testing.T) {
 		backend := tcpEcho(t, lo4, 0, "backend:")

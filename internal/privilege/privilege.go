@@ -29,4 +29,9 @@ type Result struct {
 	Switched bool   // the uid changed to Options.User's
 	Kept     string // why the uid was kept while started as root, or ""
 	Filter   int    // the number of system calls the filter allows; 0 without one
+	// Bounding is the number of capabilities Drop took out of the
+	// bounding set itself, each on every thread: none when the process
+	// started with the set empty (the entry point of cmd/hostproxy's
+	// shipped build clears it).
+	Bounding int
 }

@@ -87,7 +87,7 @@ func Drop(opts Options) (Result, error) {
 	}
 	// The bounding set first, while CAP_SETPCAP is still effective.
 	if capHas(caps, capSetPCAP, true) {
-		if err := clearBoundingSet(cgo); err != nil {
+		if res.Bounding, err = clearBoundingSet(cgo); err != nil {
 			return res, err
 		}
 	}
@@ -165,21 +165,24 @@ func eachThread(cgo bool, trap, a1, a2, a3 uintptr) error {
 }
 
 // clearBoundingSet drops every capability of the bounding set that is in
-// it (a service manager or a container runtime often leaves only a few).
-func clearBoundingSet(cgo bool) error {
+// it (a service manager or a container runtime often leaves only a few),
+// and returns how many it dropped.
+func clearBoundingSet(cgo bool) (int, error) {
 	last, err := capLastCap()
 	if err != nil {
-		return err
+		return 0, err
 	}
+	n := 0
 	for c := 0; c <= last; c++ {
 		if in, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_READ, uintptr(c), 0); e == 0 && in == 0 {
 			continue
 		}
 		if err := eachThread(cgo, unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); err != nil {
-			return fmt.Errorf("drop privileges: drop capability %d from the bounding set: %w", c, err)
+			return n, fmt.Errorf("drop privileges: drop capability %d from the bounding set: %w", c, err)
 		}
+		n++
 	}
-	return nil
+	return n, nil
 }
 
 // clearGroups empties the supplementary groups of every thread (the
