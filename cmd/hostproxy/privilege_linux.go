@@ -31,9 +31,11 @@ func dropPrivileges(cfg *config, log *logging.Logger) error {
 			log.Info(msg, fields...)
 		}
 	}
-	log.Debug("privileges dropped", logging.Int("uid", res.UID), logging.Int("gid", res.GID),
-		logging.String("switched", fmt.Sprint(res.Switched)), logging.Int("seccomp_allowed", res.Filter),
-		logging.Int("bounding_dropped", res.Bounding))
+	if log.Enabled(zapcore.DebugLevel) {
+		log.Debug("privileges dropped", logging.Int("uid", res.UID), logging.Int("gid", res.GID),
+			logging.String("switched", fmt.Sprint(res.Switched)), logging.Int("seccomp_allowed", res.Filter),
+			logging.Int("bounding_dropped", res.Bounding))
+	}
 	if afterDrop != nil {
 		afterDrop()
 	}
