@@ -13,7 +13,7 @@ import (
 
 // sink starts a backend that reads each connection to EOF into a fixed
 // buffer and sends the byte count on the returned channel.
-func sink(b *testing.B) (netip.AddrPort, <-chan int64) {
+func sink(b testing.TB) (netip.AddrPort, <-chan int64) {
 	b.Helper()
 	got := make(chan int64, 1)
 	_, addr := newBackend(b, func(c *net.TCPConn) {

@@ -42,9 +42,10 @@ const (
 	copyBuf     = 64 << 10 // the loop's buffer when no pipe can be had
 	smallRead   = 4 << 10  // a read through the loop's buffer; a full one starts splicing
 
-	// connEvents is what each socket of a connection is registered for,
-	// once: edge-triggered, so that neither socket is ever modified and
-	// the loop keeps each side's readiness in its record.
+	// connEvents is what each socket of a connection is registered for:
+	// edge-triggered, so that the loop keeps each side's readiness in its
+	// record, and a socket's registration changes only while the bytes
+	// read from it wait for the other side (loop.mute).
 	connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 )
 
@@ -56,6 +57,7 @@ const (
 	fShut                 // FIN sent to this side (shutdown(SHUT_WR), or the close to come)
 	fHup                  // EPOLLRDHUP (or worse) seen: a FIN is queued behind the bytes
 	fBulk                 // the last read filled smallRead: splice until one moves less
+	fMuted                // EPOLLIN is out of this side's registration (loop.mute)
 )
 
 // Sides of a connection, and directions: direction d carries the bytes
@@ -704,10 +706,8 @@ func (l *loop) open(pt *port, fd int) {
 		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("connect", errno)})
 		return
 	}
-	tag := int32(c.gen&(1<<30-1)) << 2
-	for side, fd := range c.fd {
-		ev := unix.EpollEvent{Events: connEvents, Fd: idx, Pad: tag | int32(side)}
-		if _, _, err := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0); err != 0 {
+	for side := range c.fd {
+		if err := l.register(c, idx, side, unix.EPOLL_CTL_ADD, connEvents); err != 0 {
 			l.dialFailed(c, idx, os.NewSyscallError("epoll_ctl", err))
 			return
 		}
@@ -966,7 +966,7 @@ func (l *loop) connected(c *conn) {
 // closes c when both have ended or one failed.
 func (l *loop) pump(c *conn, idx int32) {
 	for d := range 2 {
-		if !l.move(c, d) {
+		if !l.move(c, idx, d) {
 			l.reset(c, idx, true)
 			return
 		}
@@ -983,19 +983,22 @@ func (c *conn) ended(d int) bool {
 		(c.spill == nil || len(c.spill[d]) == 0)
 }
 
-// move relays direction d of c until it would block: bytes from side d
-// through the direction's pipe to side 1-d, then the FIN. It reports false
-// when a socket failed, and c must be reset.
-func (l *loop) move(c *conn, d int) bool {
+// move relays direction d of c, whose index is idx, until it would block:
+// bytes from side d through the direction's pipe to side 1-d, then the
+// FIN. While side 1-d takes no more, side d is muted (mute). It reports
+// false when a socket failed, and c must be reset.
+func (l *loop) move(c *conn, idx int32, d int) bool {
 	src, dst := d, 1-d
 	for {
 		if c.inPipe[d] > 0 {
 			if c.flags[dst]&fWritable == 0 {
+				l.mute(c, idx, src)
 				return true // EPOLLOUT on dst resumes
 			}
 			n, errno := splice(c.pipe[d].r, c.fd[dst], int(c.inPipe[d]))
 			if errno == unix.EAGAIN {
 				c.flags[dst] &^= fWritable
+				l.mute(c, idx, src)
 				return true
 			}
 			if errno != 0 {
@@ -1007,11 +1010,13 @@ func (l *loop) move(c *conn, d int) bool {
 		}
 		if c.spill != nil && len(c.spill[d]) > 0 {
 			if c.flags[dst]&fWritable == 0 {
+				l.mute(c, idx, src)
 				return true
 			}
 			n, err := unix.Write(int(c.fd[dst]), c.spill[d])
 			if err == unix.EAGAIN {
 				c.flags[dst] &^= fWritable
+				l.mute(c, idx, src)
 				return true
 			}
 			if err != nil {
@@ -1025,6 +1030,9 @@ func (l *loop) move(c *conn, d int) bool {
 			}
 			l.count(c, d, n)
 			continue
+		}
+		if c.flags[src]&fMuted != 0 && !l.unmute(c, idx, src) {
+			return false
 		}
 		if c.flags[src]&fEOF != 0 {
 			l.putPipe(c, d)
@@ -1084,6 +1092,40 @@ func (l *loop) move(c *conn, d int) bool {
 			}
 		}
 	}
+}
+
+// mute takes EPOLLIN out of the registration of c's side (idx is c's
+// index) while the bytes already read from it wait for the other side to
+// take them: each segment that arrives meanwhile would wake the loop for
+// nothing (in a bulk transfer toward a slower reader, 19 wake-ups of every
+// 20). EPOLLOUT, EPOLLRDHUP and the errors stay. A side whose FIN is
+// queued brings no more segments and is left alone. unmute undoes it.
+func (l *loop) mute(c *conn, idx int32, side int) {
+	if c.flags[side]&(fMuted|fEOF|fHup) != 0 {
+		return
+	}
+	if l.register(c, idx, side, unix.EPOLL_CTL_MOD, connEvents&^unix.EPOLLIN) == 0 {
+		c.flags[side] |= fMuted
+	}
+}
+
+// unmute puts EPOLLIN back into the registration of c's side, muted when
+// its direction stalled, and takes the side as readable: what arrived
+// while it was muted raised no event. It reports false when the socket
+// failed.
+func (l *loop) unmute(c *conn, idx int32, side int) bool {
+	c.flags[side] = c.flags[side]&^fMuted | fReadable
+	return l.register(c, idx, side, unix.EPOLL_CTL_MOD, connEvents) == 0
+}
+
+// register adds (op EPOLL_CTL_ADD) or changes (EPOLL_CTL_MOD) the
+// registration of c's side in the loop's epoll set, for events, tagged
+// with c's index idx, generation and the side.
+func (l *loop) register(c *conn, idx int32, side int, op int, events uint32) unix.Errno {
+	tag := int32(c.gen&(1<<30-1)) << 2
+	ev := unix.EpollEvent{Events: events, Fd: idx, Pad: tag | int32(side)}
+	_, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), uintptr(op), uintptr(c.fd[side]), uintptr(unsafe.Pointer(&ev)), 0, 0)
+	return errno
 }
 
 // count adds n bytes relayed in direction d of c.
