@@ -562,9 +562,17 @@ func (in *instance) stop() {
 			<-pr.done
 		}
 	}
-	// Children left in a group (socat's per-connection forks) go too.
+	// Children left in a group (socat's per-connection forks, nginx's
+	// workers) go too, and stop returns once they are gone: a peer still
+	// exiting would slow the next one measured.
 	for _, pr := range in.procs {
 		syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	gone := time.Now().Add(5 * time.Second)
+	for _, pr := range in.procs {
+		for syscall.Kill(-pr.cmd.Process.Pid, 0) == nil && time.Now().Before(gone) {
+			time.Sleep(time.Millisecond) // polling interval: the kernel tells no one when a group empties
+		}
 	}
 	if in.dir != "" {
 		os.RemoveAll(in.dir)

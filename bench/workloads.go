@@ -118,7 +118,7 @@ func tests() []*testDef {
 			Desc:    "N new client sockets, one echo each; proxy memory with the N flows open",
 			Metrics: []metricDef{{"flows_s", "flows/s", true}, {"lost", "", false}, {"rss_after_mib", "MiB", false}, {"pss_after_mib", "MiB", false}}},
 		{Name: "startup", Proto: "tcp", Backend: tcpEcho, Run: runStartup, Spawn: true,
-			Desc:    "spawn to ready (fd 3 status, else first echo), median of 7 spawns a round after one not counted, then idle memory",
+			Desc:    "spawn to ready (fd 3 status, else first echo), median of 7 spawns a round, then idle memory",
 			Metrics: []metricDef{{"start_ms", "ms", false}, {"idle_rss_mib", "MiB", false}, {"idle_pss_mib", "MiB", false}}},
 		{Name: "range-100", Proto: "tcp", Backend: tcpEcho, Run: runRange, Spawn: true,
 			Desc:    "100 TCP ports: one process if the peer can, else one process each; memory idle, then after one echo through each port",
@@ -475,17 +475,12 @@ const startSpawns = 7
 func runStartup(ctx context.Context, r *round) (map[string]float64, error) {
 	// A start takes about 10 ms, which this shared machine's noise moves
 	// by a third: each round times startSpawns starts and keeps the
-	// median, and measures the memory of the last. One more start comes
-	// first and is not counted: the peer measured before (nginx, whose
-	// workers the harness does not wait for) may still be exiting, and
-	// that cost went to whichever peer came first in a round (measured:
-	// the same hostproxy binary took 9.08 ms as the first peer, 7.40 ms as
-	// the second, with -transparent).
+	// median, and measures the memory of the last.
 	var (
 		in  *instance
 		dts []time.Duration
 	)
-	for i := range startSpawns + 1 {
+	for i := range startSpawns {
 		if in != nil {
 			in.stop()
 		}
@@ -495,9 +490,7 @@ func runStartup(ctx context.Context, r *round) (map[string]float64, error) {
 		if in, dt, err = start(ctx, r.peer, maps, true); err != nil {
 			return nil, fmt.Errorf("spawn %d: %w", i+1, err)
 		}
-		if i > 0 {
-			dts = append(dts, dt)
-		}
+		dts = append(dts, dt)
 	}
 	defer in.stop()
 	slices.Sort(dts)

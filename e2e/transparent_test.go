@@ -368,15 +368,7 @@ func TestTransparentTCP(t *testing.T) {
 			front netip.AddrPort
 			want  netip.Addr
 		}{{v4, tpHostIn}, {v6, tpHostIn6}} {
-			c, err := host.dialTCP(tc.front, 5*time.Second)
-			if err != nil {
-				t.Fatalf("host dial %s: %v", tc.front, err)
-			}
-			if peer, err := roundTripTCP(c, "from the host\n"); err != nil {
-				t.Errorf("host to %s: %v", tc.front, err)
-			} else if peer.Addr() != tc.want {
-				t.Errorf("host to %s: container saw %s, want the host's normal source %s", tc.front, peer, tc.want)
-			}
+			checkSource(t, host, tc.front, tc.want, "the host")
 		}
 
 		// An address added to the host after start is the host's too: a
@@ -439,30 +431,14 @@ func TestTransparentTCP(t *testing.T) {
 			front netip.AddrPort
 			want  netip.Addr
 		}{{v4, tpHostIn}, {v6, tpHostIn6}} {
-			c, err := neighbour.dialTCP(tc.front, 5*time.Second)
-			if err != nil {
-				t.Fatalf("neighbour dial %s: %v", tc.front, err)
-			}
-			if peer, err := roundTripTCP(c, "from the neighbour\n"); err != nil {
-				t.Errorf("neighbour to %s: %v", tc.front, err)
-			} else if peer.Addr() != tc.want {
-				t.Errorf("neighbour to %s: container saw %s, want the host's normal source %s", tc.front, peer, tc.want)
-			}
+			checkSource(t, neighbour, tc.front, tc.want, "the neighbour")
 		}
 
 		// A backend on the host sees the host's source for every client:
 		// its replies to the client's address would be routed out, not
 		// brought back to hostproxy. Said once, at start.
 		for range 2 {
-			c, err := client.dialTCP(onHost, 5*time.Second)
-			if err != nil {
-				t.Fatalf("client dial %s: %v", onHost, err)
-			}
-			if peer, err := roundTripTCP(c, "to the host\n"); err != nil {
-				t.Errorf("client to %s (backend on the host): %v", onHost, err)
-			} else if peer.Addr() != tpHostIn {
-				t.Errorf("client to %s (backend on the host): backend saw %s, want the host's %s", onHost, peer, tpHostIn)
-			}
+			checkSource(t, client, onHost, tpHostIn, "a client of a backend on the host")
 		}
 		if n := strings.Count(p.stderr.String(), "one of the host's own addresses"); n != 1 {
 			t.Errorf("the backend on the host was logged %d times, want once; stderr:\n%s", n, p.stderr.String())
@@ -471,15 +447,7 @@ func TestTransparentTCP(t *testing.T) {
 		// IPv6 clients of an IPv4 container: the host's source, one log
 		// line for all of them.
 		for range 2 {
-			c, err := client.dialTCP(mixed, 5*time.Second)
-			if err != nil {
-				t.Fatalf("client dial %s: %v", mixed, err)
-			}
-			if peer, err := roundTripTCP(c, "v6 to v4\n"); err != nil {
-				t.Errorf("client to %s: %v", mixed, err)
-			} else if peer.Addr() != tpHostIn {
-				t.Errorf("IPv6 client to %s (IPv4 backend): container saw %s, want the host's %s", mixed, peer, tpHostIn)
-			}
+			checkSource(t, client, mixed, tpHostIn, "an IPv6 client of an IPv4 backend")
 		}
 		if n := strings.Count(p.stderr.String(), "another address family"); n != 1 {
 			t.Errorf("the family fallback was logged %d times, want once; stderr:\n%s", n, p.stderr.String())
@@ -508,35 +476,29 @@ func TestTransparentTCP(t *testing.T) {
 	})
 }
 
-// dialFrom connects in ns from local to addr; with reuse, with
-// SO_REUSEADDR, so that a port may be used again at once, toward another
-// address or over the client's own TIME_WAIT.
+// dialFrom is dialTCPFrom that fails t when the connection cannot be made.
 func dialFrom(t *testing.T, ns netns, local net.TCPAddr, addr netip.AddrPort, reuse bool) *net.TCPConn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &local}
-	if reuse {
-		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}
-	}
-	var c *net.TCPConn
-	err := ns.do(func() error {
-		nc, err := d.Dial("tcp", addr.String())
-		if err == nil {
-			c = nc.(*net.TCPConn)
-		}
-		return err
-	})
+	c, err := dialTCPFrom(ns, local, addr, reuse)
 	if err != nil {
 		t.Fatalf("dial %s from %s in %s: %v", addr, &local, ns.name, err)
 	}
 	return c
+}
+
+// checkSource makes a round trip from ns (who, for messages) to front and
+// requires the backend to have seen the address want, the host's source.
+func checkSource(t *testing.T, ns netns, front netip.AddrPort, want netip.Addr, who string) {
+	t.Helper()
+	c, err := ns.dialTCP(front, 5*time.Second)
+	if err != nil {
+		t.Fatalf("%s: dial %s: %v", who, front, err)
+	}
+	if peer, err := roundTripTCP(c, "from "+who+"\n"); err != nil {
+		t.Errorf("%s to %s: %v", who, front, err)
+	} else if peer.Addr() != want {
+		t.Errorf("%s to %s: backend saw %s, want the host's source %s", who, front, peer, want)
+	}
 }
 
 // peerLine reads the echo server's first line from c, the address it saw,

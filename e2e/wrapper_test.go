@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,7 +95,7 @@ func TestDockerdWrapper(t *testing.T) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			c, err := dialTCPFrom(client, src, tcp)
+			c, err := dialTCPFrom(client, *net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), tcp, false)
 			if err != nil {
 				t.Errorf("tcp from %s to %s: %v", src, tcp, err)
 				return
@@ -148,11 +149,28 @@ func TestDockerdWrapper(t *testing.T) {
 	})
 }
 
-// dialTCPFrom connects from src inside n to addr.
-func dialTCPFrom(n netns, src netip.Addr, addr netip.AddrPort) (*net.TCPConn, error) {
+// dialTCPFrom connects inside n from local to addr; with reuse, with
+// SO_REUSEADDR, so that a port may be used again at once, toward another
+// address or over the client's own TIME_WAIT.
+func dialTCPFrom(n netns, local net.TCPAddr, addr netip.AddrPort, reuse bool) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &local}
+	if reuse {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
 	var c *net.TCPConn
-	err := n.do(func() (err error) {
-		c, err = net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), net.TCPAddrFromAddrPort(addr))
+	err := n.do(func() error {
+		nc, err := d.Dial("tcp", addr.String())
+		if err == nil {
+			c = nc.(*net.TCPConn)
+		}
 		return err
 	})
 	return c, err

@@ -81,11 +81,8 @@ func BindTransparent(fd int, sa *[unix.SizeofSockaddrInet6]byte, n uint32, strea
 	default:
 		return 0, bindError(sa, n, errno)
 	}
-	if err := setTransparent(fd, level, opt, 1); err != nil {
+	if err := BindTransparentOtherPort(fd, sa, n); err != nil {
 		return 0, err
-	}
-	if errno = bind(fd, sa, n); errno != 0 {
-		return 0, bindError(sa, n, errno)
 	}
 	return BoundOtherPort, nil
 }
@@ -204,17 +201,13 @@ func LearnBackend(backend netip.AddrPort, scope uint32) (TransparentBackend, err
 	if port == 0 {
 		port = 9 // connect(2) of UDP sends nothing; any port finds the route
 	}
-	if unix.Connect(fd, sockaddrOf(netip.AddrPortFrom(a, port), scope)) != nil {
+	n := PutSockaddr(sa[:], b.V6, netip.AddrPortFrom(a, port), scope)
+	if _, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa[0])), uintptr(n)); errno != 0 {
 		return b, nil
 	}
-	var src netip.Addr
-	switch sa := sockname(fd).(type) {
-	case *unix.SockaddrInet4:
-		src = netip.AddrFrom4(sa.Addr)
-	case *unix.SockaddrInet6:
-		src = netip.AddrFrom16(sa.Addr).Unmap()
-	}
-	if !src.IsValid() || src.IsLoopback() {
+	local, err := localAddr(fd)
+	src := local.Addr().Unmap()
+	if err != nil || !src.IsValid() || src.IsLoopback() {
 		return b, nil
 	}
 	addrs, err := net.InterfaceAddrs()
@@ -239,16 +232,4 @@ func LearnBackend(backend netip.AddrPort, scope uint32) (TransparentBackend, err
 		break
 	}
 	return b, nil
-}
-
-func sockaddrOf(ap netip.AddrPort, scope uint32) unix.Sockaddr {
-	if ap.Addr().Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), ZoneId: scope, Addr: ap.Addr().As16()}
-}
-
-func sockname(fd int) unix.Sockaddr {
-	sa, _ := unix.Getsockname(fd)
-	return sa
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,10 +185,8 @@ func (r *Range) Add(m Mapping) error {
 	if r.stopping {
 		return fail(fmt.Errorf("sctp proxy: add %s: %w", listen, proxy.ErrClosed))
 	}
-	for _, o := range r.ports {
-		if o.listen == listen {
-			return fail(fmt.Errorf("sctp proxy: add %s: already served", listen))
-		}
+	if slices.ContainsFunc(r.ports, func(o *port) bool { return o.listen == listen }) {
+		return fail(fmt.Errorf("sctp proxy: add %s: already served", listen))
 	}
 	pt.tok = int32(len(r.slots))
 	for i, s := range r.slots {
@@ -220,21 +219,14 @@ func (r *Range) Remove(listen netip.AddrPort) error {
 		r.mu.Unlock()
 		return fmt.Errorf("sctp proxy: remove %s: %w", listen, proxy.ErrClosed)
 	}
-	i := -1
-	for j, pt := range r.ports {
-		if pt.listen == listen {
-			i = j
-			break
-		}
-	}
+	i := slices.IndexFunc(r.ports, func(pt *port) bool { return pt.listen == listen })
 	if i < 0 {
 		r.mu.Unlock()
 		return fmt.Errorf("sctp proxy: remove %s: no such mapping", listen)
 	}
 	pt := r.ports[i]
 	pt.removed = true
-	ports := make([]*port, 0, len(r.ports)-1)
-	r.ports = append(append(ports, r.ports[:i]...), r.ports[i+1:]...)
+	r.ports = slices.Delete(slices.Clone(r.ports), i, i+1) // a new array: EachMapping may hold the old
 	if pt.fd >= 0 {
 		r.pl.del(pt.fd)
 		unix.Close(pt.fd)

@@ -675,21 +675,17 @@ func (l *loop) open(pt *port, fd int) {
 		l.dialFailed(c, idx, pt.backendErr)
 		return
 	}
-	r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(pt.family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if errno != 0 {
-		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", errno)})
+	bfd := l.backendSocket(c, idx, pt)
+	if bfd < 0 {
 		return
 	}
-	bfd := int(r)
-	c.fd[sideBackend] = int32(bfd)
 	bound := sockopt.BoundOtherPort
 	if p.transparent && pt.tpSource {
 		if bfd, bound = l.bindSource(c, idx, pt, bfd); bfd < 0 {
 			return
 		}
 	}
-	setBackendOptions(bfd, p.keepCnt)
-	_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+	errno := connectBackend(bfd, pt, p.keepCnt)
 	if errno == unix.EADDRNOTAVAIL && bound == sockopt.BoundClientPort {
 		// A connection from the client's address and port to the backend
 		// is open here already (sockopt.BindTransparent): this one leaves
@@ -697,8 +693,7 @@ func (l *loop) open(pt *port, fd int) {
 		if bfd = l.rebindOtherPort(c, idx, pt, bfd); bfd < 0 {
 			return
 		}
-		setBackendOptions(bfd, p.keepCnt)
-		_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(bfd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+		errno = connectBackend(bfd, pt, p.keepCnt)
 	}
 	switch errno {
 	case 0, unix.EINPROGRESS:
@@ -785,18 +780,36 @@ func (l *loop) rebindOtherPort(c *conn, idx int32, pt *port, bfd int) int {
 	return bfd
 }
 
-// replaceBackend closes c's backend socket bfd and opens another in its
-// place, which it returns; or -1 when that failed: the dial has then
-// failed and c is reset.
-func (l *loop) replaceBackend(c *conn, idx int32, pt *port, bfd int) int {
+// backendSocket opens a non-blocking socket toward c's backend, of pt's
+// family, and makes it c's backend socket, which it returns; or -1 when
+// that failed: the dial has then failed and c is reset.
+func (l *loop) backendSocket(c *conn, idx int32, pt *port) int {
 	r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(pt.family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if errno != 0 {
 		l.dialFailed(c, idx, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(pt.backend), Err: os.NewSyscallError("socket", errno)})
 		return -1
 	}
-	unix.Close(bfd)
 	c.fd[sideBackend] = int32(r)
 	return int(r)
+}
+
+// replaceBackend closes c's backend socket bfd and opens another in its
+// place (backendSocket).
+func (l *loop) replaceBackend(c *conn, idx int32, pt *port, bfd int) int {
+	nfd := l.backendSocket(c, idx, pt)
+	if nfd >= 0 {
+		closeFD(int32(bfd))
+	}
+	return nfd
+}
+
+// connectBackend gives the backend socket fd its options and starts its
+// connect to pt's backend; it returns connect's errno (EINPROGRESS when
+// the connect goes on).
+func connectBackend(fd int, pt *port, keepCnt bool) unix.Errno {
+	setBackendOptions(fd, keepCnt)
+	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
+	return errno
 }
 
 // sourceFailed fails c's dial for err, a failed transparent bind to the
@@ -1349,12 +1362,7 @@ func resetFD(fd int) {
 // sweepRemoved resets the connections of the mappings Remove took away,
 // then tells the Remove calls waiting for it.
 func (l *loop) sweepRemoved() {
-	p := l.p
-	p.mu.Lock()
-	waiting := l.sweeps
-	l.sweeps = nil
-	l.sweep.Store(false)
-	p.mu.Unlock()
+	waiting := l.takeSweeps(false)
 	for k, ch := range l.chunks {
 		for i := range ch {
 			if c := &ch[i]; c.fd[sideClient] >= 0 && c.pt.removed.Load() {
@@ -1370,15 +1378,23 @@ func (l *loop) sweepRemoved() {
 // end runs when the loop has ended, its connections reset or none left: a
 // Remove waiting for it has nothing more to wait for.
 func (l *loop) end() {
-	p := l.p
-	p.mu.Lock()
-	l.ended = true
-	waiting := l.sweeps
-	l.sweeps = nil
-	p.mu.Unlock()
-	for _, wg := range waiting {
+	for _, wg := range l.takeSweeps(true) {
 		wg.Done()
 	}
+}
+
+// takeSweeps takes, with Proxy.mu held, the Remove calls waiting for this
+// loop and clears the request; ended also marks the loop ended, so that
+// no Remove waits for it from then on.
+func (l *loop) takeSweeps(ended bool) []*sync.WaitGroup {
+	p := l.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l.ended = l.ended || ended
+	waiting := l.sweeps
+	l.sweeps = nil
+	l.sweep.Store(false)
+	return waiting
 }
 
 // resetAll resets every connection of the loop; Close calls for it.

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/proxy/proxyproto"
@@ -97,18 +96,11 @@ func TestProxyProtocol(t *testing.T) {
 				}
 				// The header is not the client's: the byte counters hold
 				// only what the client sent.
-				deadline := time.Now().Add(waitFor)
-				for {
+				waitUntil(t, "BytesUp = 6, the client's bytes without the header", func() bool {
 					var up uint64
 					p.EachMapping(func(_, _ netip.AddrPort, cs *proxy.StreamCounters) { up = cs.BytesUp.Load() })
-					if up == 6 {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("BytesUp = %d, want 6", up)
-					}
-					time.Sleep(time.Millisecond)
-				}
+					return up == 6
+				})
 			})
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -424,10 +425,8 @@ func (p *Proxy) Add(m Mapping) error {
 	}
 	p.lnMu.Lock()
 	defer p.lnMu.Unlock()
-	for _, o := range p.ports {
-		if o.listen == pt.listen {
-			return fail(fmt.Errorf("tcp proxy: add %s: already served", pt.listen))
-		}
+	if slices.ContainsFunc(p.ports, func(o *port) bool { return o.listen == pt.listen }) {
+		return fail(fmt.Errorf("tcp proxy: add %s: already served", pt.listen))
 	}
 	pt.tok = int32(len(p.slots))
 	for i, o := range p.slots {
@@ -471,13 +470,7 @@ func (p *Proxy) Remove(listen netip.AddrPort) error {
 		return fmt.Errorf("tcp proxy: remove %s: %w", listen, proxy.ErrClosed)
 	}
 	p.lnMu.Lock()
-	i := -1
-	for j, pt := range p.ports {
-		if pt.listen == listen {
-			i = j
-			break
-		}
-	}
+	i := slices.IndexFunc(p.ports, func(pt *port) bool { return pt.listen == listen })
 	if i < 0 {
 		p.lnMu.Unlock()
 		p.mu.Unlock()
@@ -494,8 +487,7 @@ func (p *Proxy) Remove(listen netip.AddrPort) error {
 	slots := append([]*port(nil), p.slots...)
 	slots[pt.tok] = nil
 	p.slots = slots
-	ports := make([]*port, 0, len(p.ports)-1)
-	p.ports = append(append(ports, p.ports[:i]...), p.ports[i+1:]...)
+	p.ports = slices.Delete(slices.Clone(p.ports), i, i+1) // a new array: EachMapping may hold the old
 	pt.removed.Store(true)
 	p.lnMu.Unlock()
 	// Each loop resets the connections it relays for pt (sweep).

@@ -583,7 +583,13 @@ func memInUse() int64 {
 // BenchmarkRoundTrip checks with -benchmem that relaying a datagram
 // allocates nothing: each op is one round trip of one client.
 func BenchmarkRoundTrip(b *testing.B) {
-	p := start(b, hostSocket(b, "127.0.0.1:0"), Config{Backend: echoBackend(b, "127.0.0.1:0")})
+	benchRoundTrip(b, Config{Backend: echoBackend(b, "127.0.0.1:0")})
+}
+
+// benchRoundTrip makes b.N round trips of a 64-byte datagram through a
+// proxy with cfg, whose backend echoes it.
+func benchRoundTrip(b *testing.B, cfg Config) {
+	p := start(b, hostSocket(b, "127.0.0.1:0"), cfg)
 	c := dial(b, hostPort(p))
 	msg, buf := make([]byte, 64), make([]byte, 2048)
 	roundTrip(b, c, msg)
@@ -593,8 +599,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 		if _, err := c.Write(msg); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := c.Read(buf); err != nil {
-			b.Fatal(err)
+		if n, err := c.Read(buf); err != nil || n != len(msg) {
+			b.Fatalf("read %d bytes, %v; want %d", n, err, len(msg))
 		}
 	}
 }

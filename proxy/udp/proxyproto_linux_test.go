@@ -129,18 +129,5 @@ func TestProxyProtocolUDPv1(t *testing.T) {
 // (an iovec of the flow's, computed once) allocates nothing either.
 func BenchmarkRoundTripProxyProtocol(b *testing.B) {
 	backend := newRecordingEcho(b, "127.0.0.1:0", false, true)
-	p := start(b, hostSocket(b, "127.0.0.1:0"), Config{Backend: backend.addr(), ProxyProtocol: proxyproto.V2})
-	c := dial(b, hostPort(p))
-	msg, buf := make([]byte, 64), make([]byte, 2048)
-	roundTrip(b, c, msg)
-	c.SetReadDeadline(time.Now().Add(time.Minute))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := c.Write(msg); err != nil {
-			b.Fatal(err)
-		}
-		if n, err := c.Read(buf); err != nil || n != len(msg) {
-			b.Fatalf("read %d bytes, %v; want %d", n, err, len(msg))
-		}
-	}
+	benchRoundTrip(b, Config{Backend: backend.addr(), ProxyProtocol: proxyproto.V2})
 }

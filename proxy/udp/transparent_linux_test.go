@@ -21,6 +21,7 @@ import (
 
 	"github.com/hostproxy/hostproxy/internal/testenv"
 	"github.com/hostproxy/hostproxy/logging"
+	"github.com/hostproxy/hostproxy/proxy"
 	"github.com/hostproxy/hostproxy/sockopt"
 )
 
@@ -257,6 +258,15 @@ func (tp *tpTopo) startRelay(t *testing.T, f *os.File, cfg Config) *Proxy {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	tp.serve(t, p)
+	return p
+}
+
+// serve serves p on a goroutine locked to a thread inside the host
+// namespace, so that the flow sockets it makes are the host's, until the
+// test ends; then it closes p and requires Serve's nil.
+func (tp *tpTopo) serve(t *testing.T, p proxy.Proxy) {
+	t.Helper()
 	served := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
@@ -273,7 +283,6 @@ func (tp *tpTopo) startRelay(t *testing.T, f *os.File, cfg Config) *Proxy {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return p
 }
 
 // hostSocketIn binds the relay's socket to port 0 of wildcard inside the
@@ -574,22 +583,7 @@ func TestTransparentRange(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewRange: %v", err)
 	}
-	served := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := tp.host.enter(); err != nil {
-			r.Close()
-			served <- err
-			return
-		}
-		served <- r.Serve(context.Background())
-	}()
-	t.Cleanup(func() {
-		r.Close()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	tp.serve(t, r)
 	c := tp.client.listenUDP(t, netip.AddrPortFrom(tp4.clients[1], 0))
 	me := localAddrPort(c)
 	var seen []netip.AddrPort
