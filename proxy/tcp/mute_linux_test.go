@@ -67,7 +67,10 @@ func TestStalledSourceMuted(t *testing.T) {
 	// thread did nothing. Only the threads that splice are the loop's.
 	calls := map[string][]string{}
 	for _, l := range strings.Split(string(b), "\n") {
-		tid, call, ok := strings.Cut(l, " ")
+		// strace pads the thread id to a width: "123  call(" as well as
+		// "12345 call(".
+		tid, call, ok := strings.Cut(strings.TrimSpace(l), " ")
+		call = strings.TrimSpace(call)
 		if !ok || strings.Contains(call, "resumed>") {
 			continue
 		}
