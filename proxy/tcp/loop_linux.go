@@ -80,12 +80,12 @@ type conn struct {
 	pipe     [2]pipePair // pipe[d]: only while inPipe[d] > 0 or a splice is under way
 	inPipe   [2]uint32   // bytes read from side d, not yet written to the other
 	flags    [2]uint8
-	dialing  bool
+	wait     uint8  // the wait list it is on: waitNone, waitDial or waitKeepalive
 	hdrLeft  uint8  // bytes of the PROXY header in spill[sideClient], not yet sent
 	gen      uint32 // changes each time the record is reused
-	prev     int32  // in the loop's dial list, while dialing
+	prev     int32  // in the wait list, while on one
 	next     int32
-	deadline int64     // of the dial, in loop time
+	deadline int64     // of the dial, then of the keepalive wait, in loop time
 	bytes    [2]uint64 // relayed in each direction
 	// spill holds, per direction, bytes copied through the loop's buffer
 	// that the other side did not take yet; only when no pipe could be
@@ -125,10 +125,9 @@ type loop struct {
 	free   []int32 // indexes of unused records
 	live   int     // connections open
 
-	// The dial list: dialing connections in the order of their deadlines
-	// (every dial gets the same timeout), linked through conn.prev and
-	// conn.next.
-	dialHead, dialTail int32
+	// dials holds the dialing connections; keepalives the connected ones
+	// whose backend socket does not have its keepalive options yet.
+	dials, keepalives waitList
 
 	pipes []pipePair // idle, empty pipes
 	buf   []byte     // for copySmall and copyOnce, made at the loop's start
@@ -188,7 +187,7 @@ func newLoop(p *Proxy, owned bool) (*loop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dialHead: -1, dialTail: -1, start: time.Now(), armed: -1,
+	l := &loop{p: p, epfd: epfd, wakefd: wakefd, dials: waitList{-1, -1}, keepalives: waitList{-1, -1}, start: time.Now(), armed: -1,
 		buf: make([]byte, copyBuf)}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Pad: evWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
@@ -457,16 +456,9 @@ func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, unix.Errno
 }
 
 // timeout returns the epoll_wait timeout of an owned loop, in milliseconds
-// rounded up: until the first dial deadline or the end of an accept pause,
-// or -1 for none.
+// rounded up: until the loop's next timer (nextTimer), or -1 for none.
 func (l *loop) timeout() int {
-	until := int64(-1)
-	if l.dialHead >= 0 {
-		until = l.conn(l.dialHead).deadline
-	}
-	if l.paused && (until < 0 || l.resumeAt < until) {
-		until = l.resumeAt
-	}
+	until := l.nextTimer()
 	if until < 0 {
 		return -1
 	}
@@ -477,14 +469,35 @@ func (l *loop) timeout() int {
 	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }
 
-// timers fails the dials past their deadline and ends an accept pause
-// that is over.
+// nextTimer returns the loop time of the first of the loop's timers: the
+// first dial deadline, the first keepalive wait's end, the end of an accept
+// pause; -1 for none.
+func (l *loop) nextTimer() int64 {
+	until := int64(-1)
+	if l.dials.head >= 0 {
+		until = l.conn(l.dials.head).deadline
+	}
+	if l.keepalives.head >= 0 {
+		if t := l.conn(l.keepalives.head).deadline; until < 0 || t < until {
+			until = t
+		}
+	}
+	if l.paused && (until < 0 || l.resumeAt < until) {
+		until = l.resumeAt
+	}
+	return until
+}
+
+// timers fails the dials past their deadline, gives the connections whose
+// keepalive wait is over their backend socket's keepalive options, and ends
+// an accept pause that is over.
 func (l *loop) timers() {
-	if l.dialHead < 0 && !l.paused {
+	if l.dials.head < 0 && l.keepalives.head < 0 && !l.paused {
 		return
 	}
 	now := l.now()
 	l.expireDials(now)
+	l.keepaliveDue(now)
 	if l.paused && now >= l.resumeAt {
 		l.paused = false
 		if err := l.watchListeners(); err != nil {
@@ -493,18 +506,11 @@ func (l *loop) timers() {
 	}
 }
 
-// arm sets the epoll file's read deadline to the first dial deadline or
-// the end of an accept pause, whichever comes first, or clears it. An
-// earlier deadline than needed is left alone: it only costs a wake-up that
-// re-arms.
+// arm sets the epoll file's read deadline to the loop's next timer
+// (nextTimer), or clears it. An earlier deadline than needed is left alone:
+// it only costs a wake-up that re-arms.
 func (l *loop) arm() {
-	until := int64(-1)
-	if l.dialHead >= 0 {
-		until = l.conn(l.dialHead).deadline
-	}
-	if l.paused && (until < 0 || l.resumeAt < until) {
-		until = l.resumeAt
-	}
+	until := l.nextTimer()
 	if until == l.armed || (l.armed >= 0 && until > l.armed && l.armed > l.now()) {
 		return
 	}
@@ -549,6 +555,7 @@ func (l *loop) alloc() (*conn, int32) {
 
 // release returns c's record, whose sockets are closed, to the free list.
 func (l *loop) release(c *conn, i int32) {
+	l.unwait(c)
 	c.pt.counters.Active.Add(-1)
 	gen := c.gen + 1
 	*c = conn{fd: [2]int32{-1, -1}, gen: gen}
@@ -685,7 +692,7 @@ func (l *loop) open(pt *port, fd int) {
 			return
 		}
 	}
-	errno := connectBackend(bfd, pt, p.keepCnt)
+	errno := connectBackend(bfd, pt)
 	if errno == unix.EADDRNOTAVAIL && bound == sockopt.BoundClientPort {
 		// A connection from the client's address and port to the backend
 		// is open here already (sockopt.BindTransparent): this one leaves
@@ -693,7 +700,7 @@ func (l *loop) open(pt *port, fd int) {
 		if bfd = l.rebindOtherPort(c, idx, pt, bfd); bfd < 0 {
 			return
 		}
-		errno = connectBackend(bfd, pt, p.keepCnt)
+		errno = connectBackend(bfd, pt)
 	}
 	switch errno {
 	case 0, unix.EINPROGRESS:
@@ -709,15 +716,7 @@ func (l *loop) open(pt *port, fd int) {
 	}
 	// Connected or not, the backend's first EPOLLOUT (or EPOLLERR) says
 	// how the connect ended.
-	c.dialing = true
-	c.deadline = l.now() + int64(p.dialTimeout)
-	c.prev, c.next = l.dialTail, -1
-	if l.dialTail >= 0 {
-		l.conn(l.dialTail).next = idx
-	} else {
-		l.dialHead = idx
-	}
-	l.dialTail = idx
+	l.enlist(&l.dials, waitDial, c, idx, l.now()+int64(p.dialTimeout))
 }
 
 // bindSource binds the backend socket bfd of c to the client's address
@@ -803,11 +802,11 @@ func (l *loop) replaceBackend(c *conn, idx int32, pt *port, bfd int) int {
 	return nfd
 }
 
-// connectBackend gives the backend socket fd its options and starts its
+// connectBackend sets TCP_NODELAY on the backend socket fd and starts its
 // connect to pt's backend; it returns connect's errno (EINPROGRESS when
-// the connect goes on).
-func connectBackend(fd int, pt *port, keepCnt bool) unix.Errno {
-	setBackendOptions(fd, keepCnt)
+// the connect goes on). The keepalive options come later (keepaliveDelay).
+func connectBackend(fd int, pt *port) unix.Errno {
+	setInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&pt.sa)), uintptr(pt.salen))
 	return errno
 }
@@ -828,16 +827,16 @@ func (l *loop) logOtherPort(pt *port, peer netip.AddrPort) {
 	}
 }
 
-// setBackendOptions gives a backend socket what the listening sockets give
-// accepted ones: keepalive on keepAlive's schedule and TCP_NODELAY.
-func setBackendOptions(fd int, keepCnt bool) {
+// setKeepalive gives a backend socket the keepalive the listening sockets
+// give accepted ones: keepAlive's schedule, with TCP_KEEPCNT when keepCnt
+// says the system's default count differs.
+func setKeepalive(fd int, keepCnt bool) {
 	setInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
 	setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
 	setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
 	if keepCnt {
 		setInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
 	}
-	setInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 }
 
 // The system calls of a connection's life that cannot block (on
@@ -859,28 +858,82 @@ func shutWrite(fd int32) unix.Errno {
 	return errno
 }
 
-// undial takes c off the dial list.
-func (l *loop) undial(c *conn) {
-	if !c.dialing {
+// waitList is a list of connections in the order of their deadlines,
+// linked through conn.prev and conn.next. Every member of a list waits
+// as long as the others, so appending keeps the order: no timer and no
+// sorting per connection. A connection is on one list at most (conn.wait).
+type waitList struct{ head, tail int32 }
+
+// The lists a connection waits on (conn.wait).
+const (
+	waitNone      = iota
+	waitDial      // l.dials: its dial, until deadline
+	waitKeepalive // l.keepalives: its backend socket's keepalive options, until deadline
+)
+
+// enlist appends c, whose index is idx, to list, the loop's list for kind,
+// with deadline.
+func (l *loop) enlist(list *waitList, kind uint8, c *conn, idx int32, deadline int64) {
+	c.wait, c.deadline = kind, deadline
+	c.prev, c.next = list.tail, -1
+	if list.tail >= 0 {
+		l.conn(list.tail).next = idx
+	} else {
+		list.head = idx
+	}
+	list.tail = idx
+}
+
+// unwait takes c off the list it is on, if any.
+func (l *loop) unwait(c *conn) {
+	var list *waitList
+	switch c.wait {
+	case waitDial:
+		list = &l.dials
+	case waitKeepalive:
+		list = &l.keepalives
+	default:
 		return
 	}
-	c.dialing = false
+	c.wait = waitNone
 	if c.prev >= 0 {
 		l.conn(c.prev).next = c.next
 	} else {
-		l.dialHead = c.next
+		list.head = c.next
 	}
 	if c.next >= 0 {
 		l.conn(c.next).prev = c.prev
 	} else {
-		l.dialTail = c.prev
+		list.tail = c.prev
+	}
+}
+
+// keepaliveDelay is how long a connection is open before its backend
+// socket gets its keepalive options (setKeepalive). Most connections of a
+// busy port end sooner, and never pay those system calls; keepalive's
+// first probe, after keepAlive.Idle of silence, comes at most this much
+// later than it would with the options set at the dial.
+const keepaliveDelay = time.Second
+
+// keepaliveDue sets the keepalive options of the backend sockets whose
+// connection has waited keepaliveDelay.
+func (l *loop) keepaliveDue(now int64) {
+	for l.keepalives.head >= 0 {
+		c := l.conn(l.keepalives.head)
+		if c.deadline > now {
+			return
+		}
+		l.unwait(c)
+		if c.fd[sideBackend] >= 0 {
+			setKeepalive(int(c.fd[sideBackend]), l.p.keepCnt)
+		}
 	}
 }
 
 // expireDials fails the dials whose deadline has passed.
 func (l *loop) expireDials(now int64) {
-	for l.dialHead >= 0 {
-		idx := l.dialHead
+	for l.dials.head >= 0 {
+		idx := l.dials.head
 		c := l.conn(idx)
 		if c.deadline > now {
 			return
@@ -893,7 +946,7 @@ func (l *loop) expireDials(now int64) {
 // handle takes the events of one socket of c, whose index is idx.
 func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 	connected := false
-	if c.dialing && side == sideBackend {
+	if c.wait == waitDial && side == sideBackend {
 		if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 			pt := c.pt
 			errno, err := unix.GetsockoptInt(int(c.fd[sideBackend]), unix.SOL_SOCKET, unix.SO_ERROR)
@@ -906,8 +959,8 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 		if events&unix.EPOLLOUT == 0 {
 			return // nothing about the connect yet
 		}
-		l.undial(c)
-		l.connected(c)
+		l.unwait(c)
+		l.connected(c, idx)
 		connected = true
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -919,7 +972,7 @@ func (l *loop) handle(c *conn, idx int32, side int, events uint32) {
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.flags[side] |= fWritable
 	}
-	if c.dialing {
+	if c.wait == waitDial {
 		if events&unix.EPOLLERR != 0 { // the client reset while the dial went on
 			l.reset(c, idx, false)
 		}
@@ -969,10 +1022,12 @@ func (l *loop) sendHeader(c *conn) bool {
 	return true
 }
 
-// connected ends c's dial with success: the next dial error of class Retry
-// or AddrExhausted backs off from the shortest delay again.
-func (l *loop) connected(c *conn) {
+// connected ends the dial of c, whose index is idx, with success: the next
+// dial error of class Retry or AddrExhausted backs off from the shortest
+// delay again, and c waits keepaliveDelay for its keepalive options.
+func (l *loop) connected(c *conn, idx int32) {
 	l.dialOff.Reset()
+	l.enlist(&l.keepalives, waitKeepalive, c, idx, l.now()+int64(keepaliveDelay))
 }
 
 // pump moves what it can in both directions of c, whose index is idx, and
@@ -1338,7 +1393,7 @@ func (l *loop) finish(c *conn, idx int32) {
 // logged says whether to log the end at Debug: not for a failed dial, which
 // has its own line.
 func (l *loop) reset(c *conn, idx int32, logged bool) {
-	l.undial(c)
+	l.unwait(c)
 	c.pt.counters.Resets.Add(1)
 	if logged {
 		l.logClosed(c, "reset")
@@ -1476,7 +1531,7 @@ func (l *loop) logDialFailure(c *conn, pt *port, class proxy.ErrorClass, err err
 		return
 	}
 	took := time.Duration(0)
-	if c.dialing {
+	if c.wait == waitDial {
 		took = time.Duration(l.now() - (c.deadline - int64(p.dialTimeout)))
 	}
 	p.logDialFailure(pt, class, msg, ok, held, clientField(int(c.fd[sideClient])), err, took)

@@ -210,42 +210,68 @@ func TestBlackHoleBackend(t *testing.T) {
 }
 
 // TestSocketOptions checks keepalive and TCP_NODELAY on both sockets of a
-// relay.
+// relay: the client's from the listening socket at once, the backend's
+// TCP_NODELAY at the dial and its keepalive once the connection has been
+// open for keepaliveDelay. Connections opened and closed before and after
+// it take their places on the loop's keepalive list and leave it.
 func TestSocketOptions(t *testing.T) {
 	be, conns := newHandOver(t)
 	p, addr := startProxy(t, Config{Backend: be})
+	short := func() {
+		for range 3 {
+			c := dial(t, addr)
+			b := accepted(t, conns)
+			roundTripVia(t, c, b)
+			c.Close()
+			b.Close()
+		}
+	}
+	short()
 	c := dial(t, addr)
 	b := accepted(t, conns)
 	roundTripVia(t, c, b)
+	opened := time.Now()
+	short()
+	waitUntil(t, "the short connections closed", func() bool { return relayCount(p) == 1 })
 
 	// The proxy's own sockets: the one whose peer is the client, and the
 	// one whose peer is the backend, connected from b's peer address.
-	socks := map[string]int{
-		"client":  proxySocket(t, addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())),
-		"backend": proxySocket(t, addrPort(b.LocalAddr()), addrPort(b.RemoteAddr())),
+	client := proxySocket(t, addrPort(c.LocalAddr()), addrPort(c.RemoteAddr()))
+	backend := proxySocket(t, addrPort(b.LocalAddr()), addrPort(b.RemoteAddr()))
+	type option struct {
+		name       string
+		level, opt int
+		want       int
 	}
-	_ = p
-	for name, fd := range socks {
-		for _, opt := range []struct {
-			name       string
-			level, opt int
-			want       int
-		}{
-			{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-			{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle / time.Second)},
-			{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval / time.Second)},
-			{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count},
-			{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
-		} {
-			var got int
-			var gerr error
-			got, gerr = unix.GetsockoptInt(fd, opt.level, opt.opt)
-			if gerr != nil {
-				t.Errorf("%s: getsockopt %s: %v", name, opt.name, gerr)
-			} else if got != opt.want {
-				t.Errorf("%s: %s = %d, want %d", name, opt.name, got, opt.want)
+	nodelay := option{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1}
+	keepalive := []option{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle / time.Second)},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval / time.Second)},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count},
+	}
+	// wrong returns what differs from want on fd.
+	wrong := func(fd int, opts ...option) []string {
+		var bad []string
+		for _, o := range opts {
+			got, err := unix.GetsockoptInt(fd, o.level, o.opt)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("getsockopt %s: %v", o.name, err))
+			} else if got != o.want {
+				bad = append(bad, fmt.Sprintf("%s = %d, want %d", o.name, got, o.want))
 			}
 		}
+		return bad
+	}
+	if bad := wrong(client, append(keepalive, nodelay)...); bad != nil {
+		t.Errorf("client socket: %s", strings.Join(bad, "; "))
+	}
+	if bad := wrong(backend, nodelay); bad != nil {
+		t.Errorf("backend socket: %s", strings.Join(bad, "; "))
+	}
+	waitUntil(t, "the backend socket's keepalive options", func() bool { return wrong(backend, keepalive...) == nil })
+	if took := time.Since(opened); took < keepaliveDelay/2 {
+		t.Errorf("the backend socket had its keepalive options %v after the connection opened, want about %v", took, keepaliveDelay)
 	}
 }
 
