@@ -248,6 +248,46 @@ func (p *proc) stop(t *testing.T, sig syscall.Signal) {
 	}
 }
 
+// signalCaught waits until hostproxy handles sig, as /proc says (SigCgt),
+// then sends it: SIGHUP and SIGUSR2 are ignored until just after the ready
+// report.
+func (p *proc) signalCaught(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("a handler for %v", sig), func() bool { return p.catches(t, sig) })
+	p.signal(t, sig)
+}
+
+// catches reports whether hostproxy has a handler for sig (SigCgt in
+// /proc/PID/status).
+func (p *proc) catches(t *testing.T, sig syscall.Signal) bool {
+	t.Helper()
+	mask := p.sigMask(t, "SigCgt")
+	return mask&(1<<(uint(sig)-1)) != 0
+}
+
+// sigMask returns the signal mask named field (SigCgt, SigIgn, ...) of
+// hostproxy's /proc/PID/status.
+func (p *proc) sigMask(t *testing.T, field string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("hostproxy's status: %v", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		hex, ok := strings.CutPrefix(line, field+":")
+		if !ok {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			t.Fatalf("hostproxy's %s %q: %v", field, hex, err)
+		}
+		return mask
+	}
+	t.Fatalf("no %s in hostproxy's status", field)
+	return 0
+}
+
 func (p *proc) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {

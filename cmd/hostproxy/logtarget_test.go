@@ -124,7 +124,7 @@ func TestLogTargetAutoDevNull(t *testing.T) {
 		t.Errorf("MESSAGE=%q", e["MESSAGE"])
 	}
 	checkTCP(t, netip.MustParseAddrPort(tl.Addr().String()), "b:")
-	p.signal(t, syscall.SIGHUP)
+	p.signalCaught(t, syscall.SIGHUP)
 	e = j.next(t, p)
 	if e["PRIORITY"] != "6" || !strings.Contains(e["MESSAGE"], "SIGHUP ignored") {
 		t.Errorf("after SIGHUP: %q, want an info entry about SIGHUP", e)
@@ -164,7 +164,7 @@ func TestLogTargetStderr(t *testing.T) {
 			cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+n.path)
 			p := startCmd(t, cmd)
 			n.expect(t, p, "READY=1")
-			p.signal(t, syscall.SIGHUP)
+			p.signalCaught(t, syscall.SIGHUP)
 			if target == "journald" {
 				if e := j.next(t, p); !strings.Contains(e["MESSAGE"], "SIGHUP ignored") {
 					t.Errorf("journal entry %q, want the SIGHUP line", e)

@@ -148,7 +148,7 @@ func TestMetricsFile(t *testing.T) {
 	t.Logf("%d reads, %d versions of the file", reads, len(inodes))
 
 	// SIGUSR2: one line for the mapping on stderr, at the default level.
-	p.signal(t, syscall.SIGUSR2)
+	p.signalCaught(t, syscall.SIGUSR2)
 	want := fmt.Sprintf("hostproxy stats proto=udp listen=%s backend=", addr)
 	deadline = time.Now().Add(wait)
 	for !strings.Contains(p.stderr.String(), want) {

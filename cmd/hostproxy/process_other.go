@@ -18,9 +18,7 @@ var (
 	hupSignal   os.Signal // none
 )
 
-func ignoreSIGHUP() {}
-
-func ignoreSIGPIPE() {}
+func ignoreSignals() {}
 
 func noIPv6(err error) bool { return false }
 

@@ -46,13 +46,13 @@ var (
 	hupSignal   = os.Signal(syscall.SIGHUP)  // logged at info and ignored
 )
 
-// ignoreSIGHUP keeps SIGHUP (a terminal hanging up, a reload request) from
-// ending the process during the set-up, before run's handler takes it.
-func ignoreSIGHUP() { signal.Ignore(syscall.SIGHUP) }
-
-// ignoreSIGPIPE makes a write to a closed pipe (stderr included) return
-// EPIPE instead of killing the process.
-func ignoreSIGPIPE() { signal.Ignore(syscall.SIGPIPE) }
+// ignoreSignals ignores, from the start, the signals whose default action
+// would end the process but which must not: SIGPIPE, so that a write to a
+// closed pipe (stderr included) returns EPIPE; and SIGHUP, SIGUSR1 and
+// SIGUSR2 until run's handlers take them (SIGUSR1 only with -await-nat).
+func ignoreSignals() {
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
+}
 
 // notSocket reports whether err says a descriptor is not a socket.
 func notSocket(err error) bool { return errors.Is(err, syscall.ENOTSOCK) }

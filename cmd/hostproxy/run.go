@@ -37,8 +37,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if fd4.Open {
 		closeOnExec(listenFD)
 	}
-	ignoreSIGPIPE()
-	ignoreSIGHUP()
+	ignoreSignals()
 
 	cfg, err := parseArgs(args)
 	if err != nil {
@@ -88,32 +87,37 @@ func run(args []string, stdout, stderr io.Writer) int {
 		s.closeAll()
 		return startFailed(st, stderr, err)
 	}
-	// The handlers are in place before any status is written: an engine
-	// may signal the instant it reads "0\n". They are installed only now,
-	// after the set-up: os/signal's first Notify starts a goroutine, which
-	// wakes a second P (GOMAXPROCS > 1), and any set-up work that then runs
-	// there allocates from that P's own heap spans and stack cache, which
-	// stay in the private memory of the idle process. A stop signal during the set-up ends the process by the
-	// signal's default action, as it does docker-proxy before it is ready.
+	// The handlers an engine may use the instant it reads "0\n" are in
+	// place before any status is written: the stop signals, and SIGUSR1
+	// with -await-nat. They are installed only now, after the set-up:
+	// os/signal's first Notify starts a goroutine, which wakes a second P
+	// (GOMAXPROCS > 1), and any set-up work that then runs there allocates
+	// from that P's own heap spans and stack cache, which stay in the
+	// private memory of the idle process. A stop signal during the set-up
+	// ends the process by the signal's default action, as it does
+	// docker-proxy before it is ready.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, stopSignals...)
-	if natSignal != nil {
+	if natSignal != nil && cfg.AwaitNAT {
 		signal.Notify(sigs, natSignal)
-	}
-	if hupSignal != nil {
-		signal.Notify(sigs, hupSignal)
 	}
 	// Checked once the set-up is done, so as the process that writes it.
 	if err := checkMetricsFile(cfg); err != nil {
 		s.closeAll()
 		return startFailed(st, stderr, err)
 	}
-	notifyStats(sigs)
 	s.stderr = stderr
 	s.serve()
 	mw := startMetrics(s, cfg)
 	st.ready(extra)
 	sm.ready(log)
+	// SIGHUP and SIGUSR2, ignored until now, are taken from here on. Each
+	// signal os/signal starts to handle costs a round trip to the thread
+	// that keeps its signal mask, which is kept off the start-up this way.
+	if hupSignal != nil {
+		signal.Notify(sigs, hupSignal)
+	}
+	notifyStats(sigs)
 	code := s.wait(sigs)
 	mw.stop() // the last counters, after the drain
 	return code

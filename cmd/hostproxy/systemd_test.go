@@ -154,7 +154,7 @@ func TestSIGHUPKeepsServing(t *testing.T) {
 		return []string{"-L", fmt.Sprintf("127.0.0.1:%d:%s", port, b), "-log-level", "info"}, "0\n"
 	})
 	for i := 1; i <= 2; i++ {
-		p.signal(t, syscall.SIGHUP)
+		p.signalCaught(t, syscall.SIGHUP)
 		waitFor(t, "the SIGHUP log line", func() bool { return strings.Count(p.stderr.String(), "SIGHUP ignored") == i })
 		checkTCP(t, netip.AddrPortFrom(lo4, port), "b:")
 	}
@@ -187,7 +187,7 @@ func TestSIGHUPDuringDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.signal(t, syscall.SIGTERM)
-	p.signal(t, syscall.SIGHUP)
+	p.signalCaught(t, syscall.SIGHUP)
 	// Still draining: the open connection still relays.
 	if _, err := io.WriteString(c, "x"); err != nil {
 		t.Fatal(err)
@@ -389,5 +389,44 @@ func TestSocketActivationBadCount(t *testing.T) {
 		}
 		p.stop(t, syscall.SIGTERM)
 		return
+	}
+}
+
+// TestSignalDispositions: by the ready report hostproxy handles SIGINT and
+// SIGTERM, and SIGUSR1 with -await-nat; SIGHUP and SIGUSR2 from just after
+// it; SIGPIPE is ignored, and so is SIGUSR1 without -await-nat.
+func TestSignalDispositions(t *testing.T) {
+	bit := func(s syscall.Signal) uint64 { return 1 << (uint(s) - 1) }
+	for _, await := range []bool{false, true} {
+		t.Run(fmt.Sprintf("await-nat=%v", await), func(t *testing.T) {
+			t.Parallel()
+			backend := echo(t, "udp", lo4, 0, "b:")
+			args := engineArgs("udp", netip.AddrPortFrom(lo4, 0), backend)
+			if await {
+				args = append(args, "-await-nat")
+			}
+			p := start(t, spawn{}, args...)
+			p.readyPort(t)
+			caught := p.sigMask(t, "SigCgt")
+			for _, s := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+				if caught&bit(s) == 0 {
+					t.Errorf("no handler for %v at the ready report", s)
+				}
+			}
+			if got := caught&bit(syscall.SIGUSR1) != 0; got != await {
+				t.Errorf("a handler for SIGUSR1 at the ready report: %v, want %v", got, await)
+			}
+			waitFor(t, "handlers for SIGHUP and SIGUSR2", func() bool {
+				return p.catches(t, syscall.SIGHUP) && p.catches(t, syscall.SIGUSR2)
+			})
+			ignored := p.sigMask(t, "SigIgn")
+			if ignored&bit(syscall.SIGPIPE) == 0 {
+				t.Error("SIGPIPE is not ignored")
+			}
+			if got := ignored&bit(syscall.SIGUSR1) != 0; got == await {
+				t.Errorf("SIGUSR1 ignored: %v, want %v", got, !await)
+			}
+			p.stop(t, syscall.SIGTERM)
+		})
 	}
 }
