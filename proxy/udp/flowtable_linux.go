@@ -96,7 +96,10 @@ func (p *Proxy) newFlow(key flowKey, pi sockopt.Pktinfo, now int64) *flow {
 	}
 	f := &flow{key: key, fd: fd, slot: slot, last: now}
 	f.namelen = sockopt.PutSockaddr(f.name[:], p.v6, key.client, key.scope)
-	if src := pi.Local; src.IsValid() && !src.IsUnspecified() && !src.IsMulticast() {
+	// A reply leaves from the address the client wrote to. A host socket
+	// bound to one address sends from that address anyway, so only a
+	// wildcard socket's replies carry it, as PKTINFO.
+	if src := pi.Local; p.laddr.IP.IsUnspecified() && src.IsValid() && !src.IsUnspecified() && !src.IsMulticast() {
 		var ifindex uint32
 		if src.Is6() && !src.Is4In6() && src.IsLinkLocalUnicast() {
 			ifindex = pi.Ifindex

@@ -217,13 +217,32 @@ func TestEcho(t *testing.T) {
 }
 
 // A host socket bound to 0.0.0.0 answers a client from the address that
-// client wrote to, even on an unconnected client socket.
+// client wrote to, even on an unconnected client socket; one bound to a
+// single address answers from that address.
 func TestReplySource(t *testing.T) {
-	p := start(t, hostSocket(t, "0.0.0.0:0"), Config{Backend: echoBackend(t, "127.0.0.1:0")})
+	t.Run("wildcard", func(t *testing.T) {
+		p := start(t, hostSocket(t, "0.0.0.0:0"), Config{Backend: echoBackend(t, "127.0.0.1:0")})
+		checkReplySources(t, p, "127.0.0.2", "127.0.0.3", "127.0.0.2")
+		// One client, two local addresses: two flows.
+		if s := p.Stats(); s.FlowsCreated != 2 {
+			t.Errorf("FlowsCreated = %d, want 2 (one per local address)", s.FlowsCreated)
+		}
+	})
+	t.Run("one address", func(t *testing.T) {
+		p := start(t, hostSocket(t, "127.0.0.2:0"), Config{Backend: echoBackend(t, "127.0.0.1:0")})
+		checkReplySources(t, p, "127.0.0.2", "127.0.0.2")
+	})
+}
+
+// checkReplySources sends a datagram to p's port at each address of dsts,
+// from one unconnected client socket, and checks that each reply comes
+// from where its datagram went.
+func checkReplySources(t *testing.T, p *Proxy, dsts ...string) {
+	t.Helper()
 	port := hostPort(p).Port()
 	client := listenUDP(t, "127.0.0.1:0")
 	buf := make([]byte, 100)
-	for _, dst := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.2"} {
+	for _, dst := range dsts {
 		to := netip.AddrPortFrom(netip.MustParseAddr(dst), port)
 		msg := []byte("to " + dst)
 		var from netip.AddrPort
@@ -247,10 +266,6 @@ func TestReplySource(t *testing.T) {
 		if !bytes.Equal(buf[:n], msg) {
 			t.Errorf("reply %q, want %q", buf[:n], msg)
 		}
-	}
-	// One client, two local addresses: two flows.
-	if s := p.Stats(); s.FlowsCreated != 2 {
-		t.Errorf("FlowsCreated = %d, want 2 (one per local address)", s.FlowsCreated)
 	}
 }
 
