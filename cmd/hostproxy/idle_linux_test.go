@@ -3,6 +3,7 @@ package main_test
 import (
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -66,4 +67,31 @@ func contextSwitches(t *testing.T, pid int) int {
 		}
 	}
 	return sum
+}
+
+// TestStackGrownFirst: internal/stackgrow is the first package initialized
+// after the runtime's own, before internal/godebug, whose init would
+// otherwise make the main goroutine's first stack copy (GODEBUG=inittrace=1
+// lists the inits in the order they run).
+func TestStackGrownFirst(t *testing.T) {
+	const grower, godebug = "github.com/hostproxy/hostproxy/internal/stackgrow", "internal/godebug"
+	cmd := exec.Command(hostproxyBin(t), "-version")
+	cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("hostproxy -version: %v\n%s", err, out)
+	}
+	order := make(map[string]int)
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "init" {
+			if _, seen := order[f[1]]; !seen {
+				order[f[1]] = len(order)
+			}
+		}
+	}
+	g, ok1 := order[grower]
+	d, ok2 := order[godebug]
+	if !ok1 || !ok2 || g > d {
+		t.Errorf("init order %v: want %s before %s", order, grower, godebug)
+	}
 }

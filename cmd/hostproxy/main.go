@@ -22,6 +22,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+
+	_ "github.com/hostproxy/hostproxy/internal/stackgrow" // initialized first: see its doc
 )
 
 // version is the version a release build sets at link time:
@@ -30,24 +32,7 @@ import (
 var version string
 
 func main() {
-	growStack(len(os.Args))
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
-}
-
-// growStack grows the main goroutine's stack past what the set-up needs
-// while it holds three frames. A goroutine's stack starts small and is
-// copied to one twice the size when a call needs more; the copy looks up
-// the metadata (pclntab) of every frame on it, which faults in the pages
-// holding it, and the kernel maps the 64 KiB around each fault. Growing
-// here, once, keeps that from happening deep in the set-up; which frames
-// were on the stack then, hence how much of the binary stayed resident,
-// changed with unrelated edits (docs/performance.md).
-//
-//go:noinline
-func growStack(i int) byte {
-	var b [8 << 10]byte
-	b[i%len(b)] = 1
-	return b[(i+1)%len(b)]
 }
 
 func printVersion(w io.Writer) {
