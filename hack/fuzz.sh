@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs every Fuzz target of the product's packages (everything but the
 # benchmark and the e2e tooling) for FUZZTIME each (default 3s), one after
-# the other: 15 targets, each about 2 s of build and start-up on top of its
+# the other: 14 targets, each about 2 s of build and start-up on top of its
 # fuzzing time, about 80 s on 2 CPUs. A crasher fails
 # the script; go test writes it under the package's testdata/fuzz, from where
 # it joins the seed corpus once committed. A target that fails with Go's
