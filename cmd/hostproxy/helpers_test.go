@@ -261,9 +261,11 @@ func (p *proc) signalCaught(t *testing.T, sig syscall.Signal) {
 // /proc/PID/status).
 func (p *proc) catches(t *testing.T, sig syscall.Signal) bool {
 	t.Helper()
-	mask := p.sigMask(t, "SigCgt")
-	return mask&(1<<(uint(sig)-1)) != 0
+	return p.sigMask(t, "SigCgt")&sigBit(sig) != 0
 }
+
+// sigBit is sig's bit in a /proc signal mask.
+func sigBit(sig syscall.Signal) uint64 { return 1 << (uint(sig) - 1) }
 
 // sigMask returns the signal mask named field (SigCgt, SigIgn, ...) of
 // hostproxy's /proc/PID/status.

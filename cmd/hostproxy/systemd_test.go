@@ -396,7 +396,6 @@ func TestSocketActivationBadCount(t *testing.T) {
 // SIGTERM, and SIGUSR1 with -await-nat; SIGHUP and SIGUSR2 from just after
 // it; SIGPIPE is ignored, and so is SIGUSR1 without -await-nat.
 func TestSignalDispositions(t *testing.T) {
-	bit := func(s syscall.Signal) uint64 { return 1 << (uint(s) - 1) }
 	for _, await := range []bool{false, true} {
 		t.Run(fmt.Sprintf("await-nat=%v", await), func(t *testing.T) {
 			t.Parallel()
@@ -409,21 +408,21 @@ func TestSignalDispositions(t *testing.T) {
 			p.readyPort(t)
 			caught := p.sigMask(t, "SigCgt")
 			for _, s := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-				if caught&bit(s) == 0 {
+				if caught&sigBit(s) == 0 {
 					t.Errorf("no handler for %v at the ready report", s)
 				}
 			}
-			if got := caught&bit(syscall.SIGUSR1) != 0; got != await {
+			if got := caught&sigBit(syscall.SIGUSR1) != 0; got != await {
 				t.Errorf("a handler for SIGUSR1 at the ready report: %v, want %v", got, await)
 			}
 			waitFor(t, "handlers for SIGHUP and SIGUSR2", func() bool {
 				return p.catches(t, syscall.SIGHUP) && p.catches(t, syscall.SIGUSR2)
 			})
 			ignored := p.sigMask(t, "SigIgn")
-			if ignored&bit(syscall.SIGPIPE) == 0 {
+			if ignored&sigBit(syscall.SIGPIPE) == 0 {
 				t.Error("SIGPIPE is not ignored")
 			}
-			if got := ignored&bit(syscall.SIGUSR1) != 0; got == await {
+			if got := ignored&sigBit(syscall.SIGUSR1) != 0; got == await {
 				t.Errorf("SIGUSR1 ignored: %v, want %v", got, !await)
 			}
 			p.stop(t, syscall.SIGTERM)

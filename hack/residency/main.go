@@ -233,7 +233,6 @@ func pclnWindows(f *elf.File, pages map[uint64]bool, list uint64) error {
 			}
 		}
 	}
-	sort.Slice(wins, func(i, j int) bool { return wins[i] < wins[j] })
 	fmt.Printf("  .gopclntab at %#x: %d resident 64 KiB windows\n", s.Addr, len(wins))
 	for _, w := range wins {
 		items := byWindow[w]
@@ -253,15 +252,9 @@ func packages(items []string) string {
 	count := make(map[string]int)
 	for _, it := range items {
 		fn, _, _ := strings.Cut(it, " ")
-		pkg := fn
-		if i := strings.LastIndexByte(fn, '/'); i >= 0 {
-			pkg = fn[i+1:]
-		}
-		pkg, _, _ = strings.Cut(pkg, ".")
-		if i := strings.LastIndexByte(fn, '/'); i >= 0 {
-			pkg = fn[:i+1] + pkg
-		}
-		count[pkg]++
+		dir := fn[:strings.LastIndexByte(fn, '/')+1] // "" for a top-level package
+		name, _, _ := strings.Cut(fn[len(dir):], ".")
+		count[dir+name]++
 	}
 	pkgs := make([]string, 0, len(count))
 	for p := range count {

@@ -553,7 +553,8 @@ func (l *loop) alloc() (*conn, int32) {
 	return l.conn(i), i
 }
 
-// release returns c's record, whose sockets are closed, to the free list.
+// release takes c off its wait list and returns its record, whose sockets
+// are closed, to the free list.
 func (l *loop) release(c *conn, i int32) {
 	l.unwait(c)
 	c.pt.counters.Active.Add(-1)
@@ -924,9 +925,7 @@ func (l *loop) keepaliveDue(now int64) {
 			return
 		}
 		l.unwait(c)
-		if c.fd[sideBackend] >= 0 {
-			setKeepalive(int(c.fd[sideBackend]), l.p.keepCnt)
-		}
+		setKeepalive(int(c.fd[sideBackend]), l.p.keepCnt)
 	}
 }
 
@@ -1393,7 +1392,6 @@ func (l *loop) finish(c *conn, idx int32) {
 // logged says whether to log the end at Debug: not for a failed dial, which
 // has its own line.
 func (l *loop) reset(c *conn, idx int32, logged bool) {
-	l.unwait(c)
 	c.pt.counters.Resets.Add(1)
 	if logged {
 		l.logClosed(c, "reset")
