@@ -75,6 +75,7 @@ type config struct {
 	Flows     int           `json:"udp_flows"`
 	RangeSize int           `json:"range_size"`
 	Quick     bool          `json:"quick"`
+	ProxyCPUs string        `json:"proxy_cpus,omitempty"`
 }
 
 func main() {
@@ -108,6 +109,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Parallel, "parallel", 4, "parallel clients (TCP connection rate) and sockets (UDP)")
 	fs.IntVar(&cfg.Flows, "flows", 5000, "new UDP flows per round of udp-flows")
 	fs.IntVar(&cfg.RangeSize, "range", 100, "ports in range-100")
+	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "", "run the proxies on these `CPUS` (a list such as 1 or 2-3,5) and the load generator and backends on the other CPUs this process may use (Linux); by default they share every CPU")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./bench [flags]\n\n"+
 			"Measures hostproxy against docker-proxy, socat, haproxy, nginx and no proxy on loopback.\n"+
@@ -126,6 +128,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.Duration <= 0 || cfg.Warmup < 0 || cfg.Rounds < 1 || cfg.Parallel < 1 || cfg.Flows < 1 || cfg.RangeSize < 1 {
 		return errors.New("-duration, -rounds, -parallel, -flows and -range must be positive")
+	}
+	if cfg.ProxyCPUs != "" && *from == "" {
+		proxy, load, err := splitCPUs(cfg.ProxyCPUs)
+		if err != nil {
+			return fmt.Errorf("-proxy-cpus %s: %w", cfg.ProxyCPUs, err)
+		}
+		fmt.Fprintf(stderr, "proxies on CPUs %v, the load generator and backends on CPUs %v\n", proxy, load)
 	}
 	if *results != "" {
 		if err := os.MkdirAll(*results, 0o755); err != nil {

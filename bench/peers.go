@@ -415,7 +415,7 @@ func start(ctx context.Context, p *peerSpec, maps []mapping, probe bool) (*insta
 				cmd.ExtraFiles = append(cmd.ExtraFiles, files[i])
 			}
 		}
-		err := cmd.Start()
+		err := startProxy(cmd)
 		if w != nil {
 			w.Close()
 		}
