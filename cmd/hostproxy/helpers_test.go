@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +100,11 @@ type spawn struct {
 	extra    []*os.File // fd 4, ...; closed in the parent after start
 	stderr   io.Writer  // instead of a buffer
 	bin      string     // the program instead of hostproxyBin's
+	// env holds KEY=VALUE settings that replace KEY in the environment
+	// hostproxy inherits.
+	env []string
+	// run starts the command instead of its Start method.
+	run func(*exec.Cmd) error
 }
 
 // start runs hostproxy with args. It is killed at cleanup if still running.
@@ -130,7 +136,19 @@ func start(t *testing.T, sp spawn, args ...string) *proc {
 		p.cmd.ExtraFiles = []*os.File{nil}
 	}
 	p.cmd.ExtraFiles = append(p.cmd.ExtraFiles, sp.extra...)
-	if err := p.cmd.Start(); err != nil {
+	if len(sp.env) > 0 {
+		p.cmd.Env = os.Environ()
+		for _, kv := range sp.env {
+			key, _, _ := strings.Cut(kv, "=")
+			p.cmd.Env = slices.DeleteFunc(p.cmd.Env, func(e string) bool { return strings.HasPrefix(e, key+"=") })
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	run := p.cmd.Start
+	if sp.run != nil {
+		run = func() error { return sp.run(p.cmd) }
+	}
+	if err := run(); err != nil {
 		t.Fatalf("start hostproxy %s: %v", strings.Join(args, " "), err)
 	}
 	if w != nil {

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -107,6 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return startFailed(st, stderr, err)
 	}
 	s.stderr = stderr
+	s.loopProcs()
 	s.serve()
 	mw := startMetrics(s, cfg)
 	st.ready(extra)
@@ -314,6 +317,20 @@ func (s *server) detachFilters() {
 		}
 	}
 	s.releaseFiltered()
+}
+
+// loopProcs gives a process that relays TCP on Linux at least two Ps
+// (GOMAXPROCS), unless the GOMAXPROCS environment variable sets their
+// number. The TCP relay's event loop owns a thread and a P only while
+// another P is left to the rest of the program; with one P, which is what
+// the runtime starts with on a host, CPU set or cgroup limit of one CPU, it
+// parks in Go's netpoller instead, at about twice the system calls and
+// context switches per message. It runs before Serve, which counts the Ps.
+func (s *server) loopProcs() {
+	if runtime.GOOS == "linux" && runtime.GOMAXPROCS(0) < 2 && os.Getenv("GOMAXPROCS") == "" &&
+		slices.Contains(s.protos, sockopt.TCP) {
+		runtime.GOMAXPROCS(2)
+	}
 }
 
 // serve starts every proxy's Serve.
