@@ -324,8 +324,9 @@ func (s *server) detachFilters() {
 // number. The TCP relay's event loop owns a thread and a P only while
 // another P is left to the rest of the program; with one P, which is what
 // the runtime starts with on a host, CPU set or cgroup limit of one CPU, it
-// parks in Go's netpoller instead, at about twice the system calls and
-// context switches per message. It runs before Serve, which counts the Ps.
+// parks in Go's netpoller instead, and each of its wake-ups passes through
+// the runtime's poller and scheduler. It runs before Serve, which counts
+// the Ps.
 func (s *server) loopProcs() {
 	if runtime.GOOS == "linux" && runtime.GOMAXPROCS(0) < 2 && os.Getenv("GOMAXPROCS") == "" &&
 		slices.Contains(s.protos, sockopt.TCP) {
