@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hostproxy/hostproxy/internal/testenv"
 )
 
 // proxyCPUs is the CPU affinity the proxies start with (-proxy-cpus); nil
@@ -58,22 +59,10 @@ func splitCPUs(list string) (proxy, load []int, err error) {
 }
 
 // startProxy starts cmd, a proxy under test, on the CPUs of -proxy-cpus if
-// set. A child inherits the affinity of the thread that forks it: cmd
-// starts from a thread that takes the proxies' CPUs and ends with its
-// goroutine (it is locked and never unlocked; the runtime starts no thread
-// from a locked one).
+// set.
 func startProxy(cmd *exec.Cmd) error {
 	if proxyCPUs == nil {
 		return cmd.Start()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.SchedSetaffinity(0, proxyCPUs); err != nil {
-			errc <- fmt.Errorf("sched_setaffinity: %w", err)
-			return
-		}
-		errc <- cmd.Start()
-	}()
-	return <-errc
+	return testenv.StartOnCPUs(cmd, proxyCPUs)
 }

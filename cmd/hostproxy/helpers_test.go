@@ -289,23 +289,28 @@ func sigBit(sig syscall.Signal) uint64 { return 1 << (uint(sig) - 1) }
 // hostproxy's /proc/PID/status.
 func (p *proc) sigMask(t *testing.T, field string) uint64 {
 	t.Helper()
+	hex := p.statusField(t, field)
+	mask, err := strconv.ParseUint(hex, 16, 64)
+	if err != nil {
+		t.Fatalf("hostproxy's %s %q: %v", field, hex, err)
+	}
+	return mask
+}
+
+// statusField returns the value of field in hostproxy's /proc/PID/status.
+func (p *proc) statusField(t *testing.T, field string) string {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		t.Fatalf("hostproxy's status: %v", err)
 	}
 	for line := range strings.Lines(string(b)) {
-		hex, ok := strings.CutPrefix(line, field+":")
-		if !ok {
-			continue
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v)
 		}
-		mask, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
-		if err != nil {
-			t.Fatalf("hostproxy's %s %q: %v", field, hex, err)
-		}
-		return mask
 	}
 	t.Fatalf("no %s in hostproxy's status", field)
-	return 0
+	return ""
 }
 
 func (p *proc) signal(t *testing.T, sig syscall.Signal) {

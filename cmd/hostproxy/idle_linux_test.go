@@ -48,17 +48,8 @@ func TestIdleNoWakeups(t *testing.T) {
 // every thread of the process pid.
 func contextSwitches(t *testing.T, pid int) int {
 	t.Helper()
-	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
-	tasks, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	sum := 0
-	for _, task := range tasks {
-		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "status"))
-		if err != nil {
-			continue // the thread ended
-		}
+	for _, b := range taskFiles(t, pid, "status") {
 		for _, line := range strings.Split(string(b), "\n") {
 			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
 				n, _ := strconv.Atoi(strings.TrimSpace(v))
@@ -67,6 +58,24 @@ func contextSwitches(t *testing.T, pid int) int {
 		}
 	}
 	return sum
+}
+
+// taskFiles returns the contents of /proc/PID/task/TID/name for every thread
+// of the process pid but those that ended while it read.
+func taskFiles(t *testing.T, pid int, name string) [][]byte {
+	t.Helper()
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files [][]byte
+	for _, task := range tasks {
+		if b, err := os.ReadFile(filepath.Join(dir, task.Name(), name)); err == nil {
+			files = append(files, b)
+		}
+	}
+	return files
 }
 
 // TestStackGrownFirst: internal/stackgrow is the first package initialized

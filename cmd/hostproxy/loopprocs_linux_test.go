@@ -8,11 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -52,74 +52,38 @@ func TestOneCPULoop(t *testing.T) {
 				return engineArgs("tcp", host, backend), "0\n"
 			})
 			pid := p.cmd.Process.Pid
-			if cpus := procStatusField(t, pid, "Cpus_allowed_list"); strings.ContainsAny(cpus, ",-") {
+			if cpus := p.statusField(t, "Cpus_allowed_list"); strings.ContainsAny(cpus, ",-") {
 				t.Fatalf("hostproxy may run on CPUs %s, want one", cpus)
 			}
 			check(t, "tcp", host, "backend:")
 			loopEp := epollHolding(t, pid, listenerInode(t, host))
-			deadline := time.Now().Add(wait)
-			for {
-				waits := epollWaits(t, pid, calls)
-				if tc.owned && waits[loopEp] {
-					break
-				}
-				if !tc.owned && anyEpollHolds(t, pid, waits, loopEp) {
-					break
-				}
-				if time.Now().After(deadline) {
-					if tc.owned {
-						t.Fatalf("no thread waits on the loop's epoll descriptor %d (threads wait on %v)", loopEp, waits)
-					}
-					t.Fatalf("no thread waits on an epoll set that holds the loop's, %d (threads wait on %v)", loopEp, waits)
-				}
-				time.Sleep(10 * time.Millisecond)
+			if tc.owned {
+				waitFor(t, fmt.Sprintf("a thread blocked on the loop's epoll descriptor %d", loopEp), func() bool {
+					return epollWaits(t, pid, calls)[loopEp]
+				})
+			} else {
+				waitFor(t, fmt.Sprintf("a thread blocked on an epoll set that holds the loop's, %d", loopEp), func() bool {
+					return anyEpollHolds(t, pid, epollWaits(t, pid, calls), loopEp)
+				})
 			}
 			p.stop(t, syscall.SIGTERM)
 		})
 	}
 }
 
-// startOnOneCPU starts cmd with the CPU affinity of one CPU, which the
-// child inherits from the thread that forks it. The thread is locked and
-// never unlocked, so it ends with its goroutine and its affinity with it.
+// startOnOneCPU starts cmd on the first CPU this process may use.
 func startOnOneCPU(cmd *exec.Cmd) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		var set unix.CPUSet
-		if err := unix.SchedGetaffinity(0, &set); err != nil {
-			errc <- fmt.Errorf("sched_getaffinity: %w", err)
-			return
-		}
-		cpu := 0
-		for !set.IsSet(cpu) {
-			cpu++
-		}
-		set.Zero()
-		set.Set(cpu)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			errc <- fmt.Errorf("sched_setaffinity: %w", err)
-			return
-		}
-		errc <- cmd.Start()
-	}()
-	return <-errc
-}
-
-// procStatusField returns the value of field in /proc/PID/status.
-func procStatusField(t *testing.T, pid int, field string) string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return fmt.Errorf("sched_getaffinity: %w", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && k == field {
-			return strings.TrimSpace(v)
-		}
+	cpu := 0
+	for !set.IsSet(cpu) {
+		cpu++
 	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return ""
+	set.Zero()
+	set.Set(cpu)
+	return testenv.StartOnCPUs(cmd, &set)
 }
 
 // listenerInode returns the inode of the IPv4 socket listening on addr,
@@ -197,27 +161,15 @@ func epollTargets(t *testing.T, pid, ep int) []int {
 // are blocked on in one of the system calls calls.
 func epollWaits(t *testing.T, pid int, calls []int) map[int]bool {
 	t.Helper()
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	tasks, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	waits := map[int]bool{}
-	for _, task := range tasks {
-		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "syscall"))
-		if err != nil {
-			continue // the thread ended
-		}
+	for _, b := range taskFiles(t, pid, "syscall") {
 		f := strings.Fields(string(b))
 		if len(f) < 2 {
 			continue // running
 		}
-		nr, _ := strconv.Atoi(f[0])
-		for _, c := range calls {
-			if nr == c {
-				if ep, err := strconv.ParseInt(strings.TrimPrefix(f[1], "0x"), 16, 32); err == nil {
-					waits[int(ep)] = true
-				}
+		if nr, _ := strconv.Atoi(f[0]); slices.Contains(calls, nr) {
+			if ep, err := strconv.ParseInt(strings.TrimPrefix(f[1], "0x"), 16, 32); err == nil {
+				waits[int(ep)] = true
 			}
 		}
 	}
