@@ -55,6 +55,10 @@ func TestOneCPULoop(t *testing.T) {
 			if cpus := p.statusField(t, "Cpus_allowed_list"); strings.ContainsAny(cpus, ",-") {
 				t.Fatalf("hostproxy may run on CPUs %s, want one", cpus)
 			}
+			// A thread's system call is readable with ptrace's access
+			// (Yama's ptrace_scope=2 allows it to no user but root).
+			_, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
+			testenv.Require(t, err == nil, fmt.Sprintf("cannot read hostproxy's /proc/PID/syscall: %v", err))
 			check(t, "tcp", host, "backend:")
 			loopEp := epollHolding(t, pid, listenerInode(t, host))
 			if tc.owned {
